@@ -1,0 +1,1 @@
+//! taskbroker client (under construction).

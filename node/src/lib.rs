@@ -1,0 +1,1 @@
+//! taskbroker node (under construction).

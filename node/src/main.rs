@@ -1,0 +1,4 @@
+//! The `taskbroker` binary.
+fn main() {
+    println!("taskbroker {}", env!("CARGO_PKG_VERSION"));
+}

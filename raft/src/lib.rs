@@ -1,0 +1,1 @@
+//! taskbroker raft (under construction).

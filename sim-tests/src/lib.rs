@@ -1,0 +1,1 @@
+//! taskbroker sim-tests (under construction).

@@ -1,0 +1,1 @@
+//! taskbroker storage (under construction).
