@@ -63,8 +63,9 @@ pub struct BatchBuilder {
 }
 
 /// Bytes the archive needs besides the records: padding before the record array and the root.
-const FIXED_OVERHEAD: usize =
-    align_of::<ArchivedWireRecord>() - 1 + align_of::<ArchivedWireBody>() - 1 + size_of::<ArchivedWireBody>();
+const FIXED_OVERHEAD: usize = align_of::<ArchivedWireRecord>() - 1 + align_of::<ArchivedWireBody>()
+    - 1
+    + size_of::<ArchivedWireBody>();
 
 impl BatchBuilder {
     /// Starts an empty batch with the default [`BatchLimits`].
@@ -231,12 +232,9 @@ impl BatchBuilder {
 /// Upper bound on the archive bytes one record adds: its slot in the record array, its byte
 /// strings, and its header array with the worst-case alignment padding.
 fn record_size_bound(record: &TaskRecord) -> usize {
-    let headers = if record.headers.is_empty() {
-        0
-    } else {
-        align_of::<ArchivedWireHeader>() - 1
-            + record.headers.len() * size_of::<ArchivedWireHeader>()
-    };
+    // rkyv aligns the writer before a header array even when it is empty.
+    let headers = align_of::<ArchivedWireHeader>() - 1
+        + record.headers.len() * size_of::<ArchivedWireHeader>();
     size_of::<ArchivedWireRecord>() + record.data_len() + headers
 }
 

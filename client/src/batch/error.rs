@@ -63,7 +63,9 @@ pub enum BatchError {
     #[error("record batch body is not 16-byte aligned in memory")]
     Misaligned,
     /// The checksum does not match the bytes: the batch was corrupted.
-    #[error("record batch CRC32C mismatch: header says {expected:#010x}, bytes give {actual:#010x}")]
+    #[error(
+        "record batch CRC32C mismatch: header says {expected:#010x}, bytes give {actual:#010x}"
+    )]
     CrcMismatch {
         /// CRC32C stored in the header.
         expected: u32,
@@ -100,7 +102,9 @@ pub enum BatchError {
         max: u32,
     },
     /// `first_sequence + record_count` does not fit in a `u64`.
-    #[error("record batch sequence range overflows: first {first_sequence} + {record_count} records")]
+    #[error(
+        "record batch sequence range overflows: first {first_sequence} + {record_count} records"
+    )]
     SequenceOverflow {
         /// First sequence number of the batch.
         first_sequence: u64,

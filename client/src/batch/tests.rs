@@ -96,10 +96,12 @@ fn roundtrip_empty_batch() {
 #[test]
 fn roundtrip_record_with_no_fields() {
     assert_roundtrip(&[TaskRecord::new(Vec::new(), BASE_MS)]);
-    assert_roundtrip(&[TaskRecord::default(), TaskRecord::default()].map(|mut r| {
-        r.timestamp_ms = BASE_MS;
-        r
-    }));
+    assert_roundtrip(
+        &[TaskRecord::default(), TaskRecord::default()].map(|mut r| {
+            r.timestamp_ms = BASE_MS;
+            r
+        }),
+    );
 }
 
 #[test]
@@ -368,7 +370,10 @@ fn misaligned_input_is_refused_then_recovered() {
     );
     let copy = aligned_copy(misaligned);
     assert_eq!(copy.as_ptr().addr() % BODY_ALIGN, 0);
-    assert_eq!(validate(&copy, &BatchLimits::default()).as_ref(), Ok(batch.header()));
+    assert_eq!(
+        validate(&copy, &BatchLimits::default()).as_ref(),
+        Ok(batch.header())
+    );
 }
 
 /// A 16-byte aligned growable buffer for tests that need to control the offset.
@@ -412,11 +417,20 @@ fn builder_enforces_limits() {
         b.push(TaskRecord::new(vec![1; 10], BASE_MS)).expect("fits");
     }
     let fourth = TaskRecord::new(vec![1; 10], BASE_MS);
-    assert_eq!(b.check(&fourth), Err(BatchError::TooManyRecords { count: 4, max: 3 }));
-    assert_eq!(b.push(fourth), Err(BatchError::TooManyRecords { count: 4, max: 3 }));
+    assert_eq!(
+        b.check(&fourth),
+        Err(BatchError::TooManyRecords { count: 4, max: 3 })
+    );
+    assert_eq!(
+        b.push(fourth),
+        Err(BatchError::TooManyRecords { count: 4, max: 3 })
+    );
     assert_eq!(b.len(), 3);
     let batch = b.finish();
-    assert_eq!(validate(batch.as_bytes(), &limits).as_ref(), Ok(batch.header()));
+    assert_eq!(
+        validate(batch.as_bytes(), &limits).as_ref(),
+        Ok(batch.header())
+    );
 }
 
 #[test]
@@ -476,15 +490,24 @@ fn errors_display_their_fields() {
 fn archived_layout_is_pinned() {
     use std::mem::{align_of, size_of};
     assert_eq!(
-        (size_of::<ArchivedWireBody>(), align_of::<ArchivedWireBody>()),
+        (
+            size_of::<ArchivedWireBody>(),
+            align_of::<ArchivedWireBody>()
+        ),
         (8, 4)
     );
     assert_eq!(
-        (size_of::<ArchivedWireHeader>(), align_of::<ArchivedWireHeader>()),
+        (
+            size_of::<ArchivedWireHeader>(),
+            align_of::<ArchivedWireHeader>()
+        ),
         (16, 4)
     );
     assert_eq!(
-        (size_of::<ArchivedWireRecord>(), align_of::<ArchivedWireRecord>()),
+        (
+            size_of::<ArchivedWireRecord>(),
+            align_of::<ArchivedWireRecord>()
+        ),
         (56, 8)
     );
 }
@@ -496,7 +519,10 @@ fn golden_batch() -> EncodedBatch {
     b.push(TaskRecord {
         key: Some(b"k1".to_vec()),
         payload: b"first payload".to_vec(),
-        headers: vec![Header::new("trace", "abc"), Header::new("long-header-name", "v")],
+        headers: vec![
+            Header::new("trace", "abc"),
+            Header::new("long-header-name", "v"),
+        ],
         timestamp_ms: 1_700_000_000_005,
         not_before_ms: Some(1_700_000_060_000),
         priority: 9,
@@ -514,7 +540,10 @@ fn golden_batch() -> EncodedBatch {
 fn golden_v1_bytes_are_stable() {
     let batch = golden_batch();
     if std::env::var_os("TASKBROKER_BLESS").is_some() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/batch/testdata/golden_v1.bin");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/batch/testdata/golden_v1.bin"
+        );
         std::fs::write(path, batch.as_bytes()).expect("write golden file");
     }
     assert_eq!(batch.as_bytes(), GOLDEN_V1, "the encoder's output changed");
