@@ -43,10 +43,16 @@ fuzz_target!(|data: &[u8]| {
     let records: Vec<TaskRecord> = view.records().map(|r| r.to_task_record()).collect();
 
     // Re-encode what was accepted: the content must come back identical.
-    let mut builder =
-        BatchBuilder::with_limits(header.producer_id, header.first_sequence, header.base_timestamp_ms, BatchLimits::HARD);
+    let mut builder = BatchBuilder::with_limits(
+        header.producer_id,
+        header.first_sequence,
+        header.base_timestamp_ms,
+        BatchLimits::HARD,
+    );
     for record in &records {
-        builder.push(record.clone()).expect("an accepted record fits a batch with hard limits");
+        builder
+            .push(record.clone())
+            .expect("an accepted record fits a batch with hard limits");
     }
     let again = builder.finish();
     let view2 = BatchView::new(again.as_bytes()).expect("re-encoded batch is valid");
