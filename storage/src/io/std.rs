@@ -1,0 +1,180 @@
+//! The portable backend: positional `pread`/`pwrite` + `fdatasync` on tokio's blocking pool.
+//!
+//! *Design notes:* each call is one `spawn_blocking`; the group-commit writer batches appends so
+//! the per-call overhead is paid once per batch, not once per frame.
+#![allow(unsafe_code)] // `fallocate` via libc; see the SAFETY comment.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{BackendKind, Disk, DiskFile, IoFuture};
+
+/// The std backend. Cheap to construct; holds no state.
+#[derive(Debug, Default, Clone)]
+pub struct StdDisk;
+
+impl StdDisk {
+    /// Creates the backend.
+    pub fn new() -> Self {
+        StdDisk
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| std::io::Error::other(format!("blocking I/O task failed: {e}")))?
+}
+
+impl Disk for StdDisk {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Std
+    }
+
+    fn open(&self, path: &Path, create: bool) -> IoFuture<'_, Arc<dyn DiskFile>> {
+        let path = path.to_path_buf();
+        Box::pin(async move {
+            let p = path.clone();
+            let file = blocking(move || {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(create)
+                    .truncate(false)
+                    .open(&p)
+            })
+            .await?;
+            Ok(Arc::new(StdFile {
+                file: Arc::new(file),
+                path,
+            }) as Arc<dyn DiskFile>)
+        })
+    }
+
+    fn create_dir_all(&self, path: &Path) -> IoFuture<'_, ()> {
+        let path = path.to_path_buf();
+        Box::pin(blocking(move || std::fs::create_dir_all(path)))
+    }
+
+    fn list_dir(&self, path: &Path) -> IoFuture<'_, Vec<String>> {
+        let path = path.to_path_buf();
+        Box::pin(blocking(move || list_dir_sync(&path)))
+    }
+
+    fn remove_file(&self, path: &Path) -> IoFuture<'_, ()> {
+        let path = path.to_path_buf();
+        Box::pin(blocking(move || std::fs::remove_file(path)))
+    }
+
+    fn sync_dir(&self, path: &Path) -> IoFuture<'_, ()> {
+        let path = path.to_path_buf();
+        Box::pin(blocking(move || File::open(path)?.sync_all()))
+    }
+}
+
+pub(crate) fn list_dir_sync(path: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// `fallocate(fd, 0, 0, len)`: extends the file with zeros and reserves the blocks.
+/// `EOPNOTSUPP` (e.g. tmpfs on old kernels) is treated as success: preallocation is an
+/// optimisation.
+pub(crate) fn fallocate_sync(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "length too large"))?;
+    // SAFETY: `fallocate` only reads its integer arguments; the fd is valid for the lifetime
+    // of `file`, which we borrow for the duration of the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(err),
+    }
+}
+
+/// A file of the std backend.
+#[derive(Debug)]
+pub struct StdFile {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl DiskFile for StdFile {
+    fn read_at(&self, mut buf: Vec<u8>, pos: u64) -> IoFuture<'_, (usize, Vec<u8>)> {
+        let file = self.file.clone();
+        Box::pin(blocking(move || {
+            let mut done = 0;
+            while done < buf.len() {
+                match file.read_at(&mut buf[done..], pos + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok((done, buf))
+        }))
+    }
+
+    fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> IoFuture<'_, Vec<u8>> {
+        let file = self.file.clone();
+        Box::pin(blocking(move || {
+            file.write_all_at(&buf, pos)?;
+            Ok(buf)
+        }))
+    }
+
+    fn sync_data(&self) -> IoFuture<'_, ()> {
+        let file = self.file.clone();
+        Box::pin(blocking(move || file.sync_data()))
+    }
+
+    fn len(&self) -> IoFuture<'_, u64> {
+        let file = self.file.clone();
+        Box::pin(blocking(move || Ok(file.metadata()?.len())))
+    }
+
+    fn set_len(&self, len: u64) -> IoFuture<'_, ()> {
+        let file = self.file.clone();
+        Box::pin(blocking(move || file.set_len(len)))
+    }
+
+    fn allocate(&self, len: u64) -> IoFuture<'_, ()> {
+        let file = self.file.clone();
+        Box::pin(blocking(move || fallocate_sync(&file, len)))
+    }
+
+    fn write_all_at_and_sync(&self, buf: Vec<u8>, pos: u64) -> IoFuture<'_, Vec<u8>> {
+        let file = self.file.clone();
+        Box::pin(blocking(move || {
+            file.write_all_at(&buf, pos)?;
+            file.sync_data()?;
+            Ok(buf)
+        }))
+    }
+}
+
+impl StdFile {
+    /// The path this file was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,423 @@
+//! Recovery on open: rebuild the in-memory view of the log from its directory.
+//!
+//! Steps: read `meta` and `anchor`; list segments; for each sealed segment, validate its
+//! header and load its `.index` (rebuilding it by a full scan if missing, damaged or
+//! inconsistent); scan the tail segment frame by frame; check that segments are contiguous;
+//! drop segments entirely below the anchor (a purge that crashed half-way).
+//!
+//! *Invariants:* a bad frame at the end of the tail segment with no valid frame after it is a
+//! torn write: truncated (logged at `warn`). Any other bad byte — in a sealed segment, or
+//! followed by a valid frame — is [`StorageError::Corrupt`]: never silently dropped, because
+//! it may hold acknowledged data.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::frame::{decode_frame, FrameError, FRAME_ALIGN_BYTES, FRAME_MAGIC};
+use super::index::{decode_index, encode_index, IndexData};
+use super::segment::{
+    decode_segment_header, index_file_name, parse_segment_name, Segment, SEGMENT_HEADER_BYTES,
+};
+use super::LogConfig;
+use crate::io::{read_exact_at, Disk, DiskFile};
+use crate::meta::{SlotFile, ANCHOR_MAGIC, META_MAGIC};
+use crate::StorageError;
+
+/// Name of the opaque meta record file.
+pub const META_FILE_NAME: &str = "meta";
+/// Name of the anchor (first index/offset) record file.
+pub const ANCHOR_FILE_NAME: &str = "anchor";
+
+/// What recovery hands to the log.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub(crate) segments: BTreeMap<u64, Segment>,
+    pub(crate) first_index: u64,
+    pub(crate) first_offset: u64,
+    pub(crate) next_index: u64,
+    pub(crate) next_offset: u64,
+    pub(crate) meta: Option<Vec<u8>>,
+    pub(crate) meta_file: SlotFile,
+    pub(crate) anchor_file: SlotFile,
+}
+
+pub(crate) fn encode_anchor(index: u64, offset: u64) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..8].copy_from_slice(&index.to_le_bytes());
+    a[8..].copy_from_slice(&offset.to_le_bytes());
+    a
+}
+
+fn decode_anchor(path: &Path, data: &[u8]) -> Result<(u64, u64), StorageError> {
+    let (Some(i), Some(o)) = (data.get(..8), data.get(8..16)) else {
+        return Err(StorageError::corrupt(path, 0, "anchor record has the wrong length"));
+    };
+    let mut a = [0u8; 8];
+    a.copy_from_slice(i);
+    let index = u64::from_le_bytes(a);
+    a.copy_from_slice(o);
+    Ok((index, u64::from_le_bytes(a)))
+}
+
+/// Result of scanning a whole segment buffer.
+struct Scan {
+    seg: Segment,
+    /// Position of a torn tail to truncate at, if any.
+    torn_at: Option<u64>,
+}
+
+/// Scans frames in `buf` (a whole segment file). `tail` allows a torn end.
+fn scan_segment(
+    buf: &[u8],
+    mut seg: Segment,
+    config: &LogConfig,
+    tail: bool,
+) -> Result<Scan, StorageError> {
+    let mut pos = SEGMENT_HEADER_BYTES as usize;
+    let max = config.frame_payload_bytes_max;
+    loop {
+        if pos >= buf.len() {
+            return Ok(Scan { seg, torn_at: None });
+        }
+        match decode_frame(&buf[pos..], max) {
+            Ok(f) => {
+                let expected = seg.next_index();
+                if f.header.index != expected {
+                    return Err(StorageError::corrupt(
+                        &seg.path,
+                        pos as u64,
+                        format!("expected frame index {expected}, found {}", f.header.index),
+                    ));
+                }
+                let off = seg.end_offset;
+                seg.push_frame(
+                    expected,
+                    off,
+                    f.header.record_count,
+                    pos as u64,
+                    f.frame_len as u64,
+                    config.index_interval_bytes,
+                );
+                pos += f.frame_len;
+            }
+            Err(FrameError::EndOfData) => return Ok(Scan { seg, torn_at: None }),
+            Err(e) => {
+                if !tail {
+                    return Err(StorageError::corrupt(
+                        &seg.path,
+                        pos as u64,
+                        format!("invalid frame in a sealed segment: {e}"),
+                    ));
+                }
+                if let Some(later) = valid_frame_after(buf, pos + FRAME_ALIGN_BYTES, seg.next_index(), max) {
+                    return Err(StorageError::corrupt(
+                        &seg.path,
+                        pos as u64,
+                        format!("invalid frame ({e}) followed by a valid frame at byte {later}"),
+                    ));
+                }
+                return Ok(Scan {
+                    torn_at: Some(pos as u64),
+                    seg,
+                });
+            }
+        }
+    }
+}
+
+/// First 16-aligned position at or after `from` holding a valid frame with index >= `min_index`.
+fn valid_frame_after(buf: &[u8], from: usize, min_index: u64, max: u32) -> Option<usize> {
+    let magic = FRAME_MAGIC.to_le_bytes();
+    let mut pos = from.next_multiple_of(FRAME_ALIGN_BYTES);
+    while pos + 4 <= buf.len() {
+        if buf[pos..pos + 4] == magic {
+            if let Ok(f) = decode_frame(&buf[pos..], max) {
+                if f.header.index >= min_index {
+                    return Some(pos);
+                }
+            }
+        }
+        pos += FRAME_ALIGN_BYTES;
+    }
+    None
+}
+
+async fn read_whole(file: &dyn DiskFile, path: &Path) -> Result<Vec<u8>, StorageError> {
+    let len = file.len().await.map_err(|e| StorageError::io("stat", path, e))?;
+    let len = usize::try_from(len).map_err(|_| StorageError::corrupt(path, 0, "file too large"))?;
+    read_exact_at(file, len, 0)
+        .await
+        .map_err(|e| StorageError::io("read", path, e))
+}
+
+/// Opens and recovers the log in `dir`.
+pub(crate) async fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig) -> Result<Recovered, StorageError> {
+    disk.create_dir_all(dir)
+        .await
+        .map_err(|e| StorageError::io("create_dir_all", dir, e))?;
+    let (meta_file, meta, c1) = SlotFile::open(disk, &dir.join(META_FILE_NAME), META_MAGIC).await?;
+    let anchor_path = dir.join(ANCHOR_FILE_NAME);
+    let (anchor_file, anchor, c2) = SlotFile::open(disk, &anchor_path, ANCHOR_MAGIC).await?;
+    let (anchor_index, anchor_offset) = match anchor {
+        Some(a) => decode_anchor(&anchor_path, &a)?,
+        None => (0, 0),
+    };
+    let names = disk
+        .list_dir(dir)
+        .await
+        .map_err(|e| StorageError::io("list_dir", dir, e))?;
+    let bases: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+    let mut dir_dirty = c1 || c2;
+    let mut segments: BTreeMap<u64, Segment> = BTreeMap::new();
+    for (i, base) in bases.iter().copied().enumerate() {
+        let is_tail = i + 1 == bases.len();
+        let path = dir.join(super::segment::segment_file_name(base));
+        let file = disk
+            .open(&path, false)
+            .await
+            .map_err(|e| StorageError::io("open", &path, e))?;
+        let seg = if is_tail {
+            match recover_tail(disk, dir, &path, file, base, config).await? {
+                Some(seg) => seg,
+                None => {
+                    dir_dirty = true;
+                    continue;
+                }
+            }
+        } else {
+            load_sealed(disk, dir, &path, file, base, config, false).await?
+        };
+        segments.insert(base, seg);
+    }
+    // Contiguity: each segment starts where the previous one ends. A sealed segment loaded
+    // from a stale index gets one more chance with a full scan.
+    let keys: Vec<u64> = segments.keys().copied().collect();
+    for w in keys.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let (b_index, b_offset) = {
+            let s = &segments[&b];
+            (s.base_index, s.base_offset)
+        };
+        let ok = |s: &Segment| s.next_index() == b_index && s.end_offset == b_offset;
+        if !ok(&segments[&a]) {
+            let s = &segments[&a];
+            let rescanned =
+                load_sealed(disk, dir, &s.path.clone(), s.file.clone(), a, config, true).await?;
+            if !ok(&rescanned) {
+                return Err(StorageError::corrupt(
+                    &rescanned.path,
+                    rescanned.end_pos,
+                    format!(
+                        "segment ends at index {} offset {}, but the next starts at index \
+                         {b_index} offset {b_offset}",
+                        rescanned.next_index(),
+                        rescanned.end_offset
+                    ),
+                ));
+            }
+            segments.insert(a, rescanned);
+        }
+    }
+    // Segments entirely below the anchor are leftovers of an interrupted purge.
+    let below: Vec<u64> = segments
+        .values()
+        .filter(|s| s.next_index() <= anchor_index && !(s.offsets.is_empty() && s.base_index == anchor_index))
+        .map(|s| s.base_index)
+        .collect();
+    for base in below {
+        if let Some(s) = segments.remove(&base) {
+            remove_segment_files(disk, dir, &s.path, base).await?;
+            dir_dirty = true;
+        }
+    }
+    let (first_index, first_offset, next_index, next_offset) = match (segments.values().next(), segments.values().next_back()) {
+        (Some(first), Some(last)) => {
+            if first.base_index > anchor_index {
+                return Err(StorageError::corrupt(
+                    &first.path,
+                    0,
+                    format!(
+                        "the first segment starts at index {}, after the first index {anchor_index}",
+                        first.base_index
+                    ),
+                ));
+            }
+            let fo = first.offset_of(anchor_index).unwrap_or(last.end_offset);
+            (anchor_index, fo, last.next_index(), last.end_offset)
+        }
+        _ => (anchor_index, anchor_offset, anchor_index, anchor_offset),
+    };
+    if dir_dirty {
+        disk.sync_dir(dir)
+            .await
+            .map_err(|e| StorageError::io("fsync dir", dir, e))?;
+    }
+    Ok(Recovered {
+        segments,
+        first_index,
+        first_offset,
+        next_index,
+        next_offset,
+        meta,
+        meta_file,
+        anchor_file,
+    })
+}
+
+pub(crate) async fn remove_segment_files(disk: &dyn Disk, dir: &Path, path: &Path, base: u64) -> Result<(), StorageError> {
+    disk.remove_file(path)
+        .await
+        .map_err(|e| StorageError::io("remove", path, e))?;
+    remove_index_file(disk, dir, base).await
+}
+
+pub(crate) async fn remove_index_file(disk: &dyn Disk, dir: &Path, base: u64) -> Result<(), StorageError> {
+    let ipath = dir.join(index_file_name(base));
+    match disk.remove_file(&ipath).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io("remove", ipath, e)),
+    }
+}
+
+async fn read_header(file: &dyn DiskFile, path: &Path) -> Result<Result<(u64, u64), String>, StorageError> {
+    let (n, buf) = file
+        .read_at(vec![0u8; SEGMENT_HEADER_BYTES as usize], 0)
+        .await
+        .map_err(|e| StorageError::io("read", path, e))?;
+    Ok(decode_segment_header(&buf[..n]))
+}
+
+/// Loads a sealed segment from its index, or by a full scan (`force_scan`, or a bad index).
+async fn load_sealed(
+    disk: &dyn Disk,
+    dir: &Path,
+    path: &Path,
+    file: Arc<dyn DiskFile>,
+    base: u64,
+    config: &LogConfig,
+    force_scan: bool,
+) -> Result<Segment, StorageError> {
+    let (hb, ho) = read_header(file.as_ref(), path)
+        .await?
+        .map_err(|r| StorageError::corrupt(path, 0, r))?;
+    if hb != base {
+        return Err(StorageError::corrupt(path, 0, format!("segment header says base index {hb}")));
+    }
+    let ipath = dir.join(index_file_name(base));
+    if !force_scan {
+        match load_index(disk, &ipath, file.as_ref(), base, ho).await {
+            Ok(d) => {
+                let mut seg = Segment::new(base, ho, path.to_path_buf(), file);
+                seg.offsets = d.offsets;
+                seg.end_offset = d.end_offset;
+                seg.sparse = d.sparse;
+                seg.end_pos = d.end_pos;
+                return Ok(seg);
+            }
+            Err(reason) => {
+                tracing::warn!(path = %ipath.display(), %reason, "rebuilding segment index");
+            }
+        }
+    }
+    let buf = read_whole(file.as_ref(), path).await?;
+    let scan = scan_segment(&buf, Segment::new(base, ho, path.to_path_buf(), file), config, false)?;
+    write_index(disk, dir, &scan.seg).await;
+    Ok(scan.seg)
+}
+
+async fn load_index(
+    disk: &dyn Disk,
+    ipath: &Path,
+    seg_file: &dyn DiskFile,
+    base: u64,
+    base_offset: u64,
+) -> Result<IndexData, String> {
+    let f = disk.open(ipath, false).await.map_err(|e| format!("cannot open: {e}"))?;
+    let len = f.len().await.map_err(|e| e.to_string())?;
+    let buf = read_exact_at(f.as_ref(), len as usize, 0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let d = decode_index(&buf)?;
+    if d.base_index != base || d.base_offset != base_offset {
+        return Err("index belongs to another segment".into());
+    }
+    let seg_len = seg_file.len().await.map_err(|e| e.to_string())?;
+    if d.end_pos > seg_len {
+        return Err("index ends past the segment file".into());
+    }
+    Ok(d)
+}
+
+/// Writes a segment's index file (best effort, not synced: it can be rebuilt).
+pub(crate) async fn write_index(disk: &dyn Disk, dir: &Path, seg: &Segment) {
+    let ipath = dir.join(index_file_name(seg.base_index));
+    let data = encode_index(&IndexData {
+        base_index: seg.base_index,
+        base_offset: seg.base_offset,
+        offsets: seg.offsets.clone(),
+        end_offset: seg.end_offset,
+        sparse: seg.sparse.clone(),
+        end_pos: seg.end_pos,
+    });
+    let res = async {
+        let f = disk.open(&ipath, true).await?;
+        f.set_len(0).await?;
+        f.write_all_at(data, 0).await?;
+        std::io::Result::Ok(())
+    }
+    .await;
+    if let Err(e) = res {
+        tracing::warn!(path = %ipath.display(), error = %e, "cannot write segment index; it will be rebuilt");
+    }
+}
+
+/// Recovers the tail segment; `None` if it was a torn creation and has been removed.
+async fn recover_tail(
+    disk: &dyn Disk,
+    dir: &Path,
+    path: &Path,
+    file: Arc<dyn DiskFile>,
+    base: u64,
+    config: &LogConfig,
+) -> Result<Option<Segment>, StorageError> {
+    let buf = read_whole(file.as_ref(), path).await?;
+    let (hb, ho) = match decode_segment_header(&buf) {
+        Ok(h) => h,
+        Err(reason) => {
+            if let Some(at) = valid_frame_after(&buf, SEGMENT_HEADER_BYTES as usize, 0, config.frame_payload_bytes_max) {
+                return Err(StorageError::corrupt(
+                    path,
+                    0,
+                    format!("{reason}, but a valid frame follows at byte {at}"),
+                ));
+            }
+            tracing::warn!(path = %path.display(), %reason, "removing a torn, never-written tail segment");
+            remove_segment_files(disk, dir, path, base).await?;
+            return Ok(None);
+        }
+    };
+    if hb != base {
+        return Err(StorageError::corrupt(path, 0, format!("segment header says base index {hb}")));
+    }
+    // A stale index of the tail segment must not be trusted later; it is rewritten on seal.
+    remove_index_file(disk, dir, base).await?;
+    let scan = scan_segment(&buf, Segment::new(base, ho, path.to_path_buf(), file.clone()), config, true)?;
+    if let Some(at) = scan.torn_at {
+        tracing::warn!(
+            path = %path.display(),
+            position = at,
+            next_index = scan.seg.next_index(),
+            "truncating a torn tail"
+        );
+        file.set_len(at).await.map_err(|e| StorageError::io("truncate", path, e))?;
+        file.sync_data().await.map_err(|e| StorageError::io("fdatasync", path, e))?;
+    }
+    Ok(Some(scan.seg))
+}
+
+/// Paths used by the log directory.
+pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(super::segment::segment_file_name(base))
+}

@@ -1,0 +1,185 @@
+//! Segment files: naming, the 32-byte segment header, and the in-memory view of a segment.
+//!
+//! ```text
+//! segment header (32 bytes) = magic u32 "TBSG" | version u8 | 3 reserved | base_index u64
+//!                             | base_offset u64 | crc32c u32 (over bytes 0..24) | pad u32
+//! ```
+//!
+//! *Invariants:* a segment knows its first index and offset without reading earlier segments;
+//! frames follow the header back to back, each at a 16-aligned position; `offsets` is dense
+//! (one entry per frame) so offset lookups and truncation points need no I/O, while file
+//! positions are kept sparsely (`sparse`, every `index_interval_bytes`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::io::DiskFile;
+
+/// Length of the segment header; frames start here.
+pub const SEGMENT_HEADER_BYTES: u64 = 32;
+/// `"TBSG"` little-endian.
+pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"TBSG");
+/// Current segment format version.
+pub const SEGMENT_VERSION: u8 = 1;
+
+/// `<base index, 20 digits>.log`.
+pub fn segment_file_name(base_index: u64) -> String {
+    format!("{base_index:020}.log")
+}
+
+/// `<base index, 20 digits>.index`.
+pub fn index_file_name(base_index: u64) -> String {
+    format!("{base_index:020}.index")
+}
+
+/// Parses a segment file name back to its base index.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Encodes a segment header.
+pub fn encode_segment_header(base_index: u64, base_offset: u64) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    h[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
+    h[4] = SEGMENT_VERSION;
+    h[8..16].copy_from_slice(&base_index.to_le_bytes());
+    h[16..24].copy_from_slice(&base_offset.to_le_bytes());
+    let crc = crc32c::crc32c(&h[0..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Decodes a segment header into `(base_index, base_offset)`.
+pub fn decode_segment_header(buf: &[u8]) -> Result<(u64, u64), String> {
+    if buf.len() < SEGMENT_HEADER_BYTES as usize {
+        return Err(format!("segment header truncated ({} bytes)", buf.len()));
+    }
+    let mut w4 = [0u8; 4];
+    w4.copy_from_slice(&buf[0..4]);
+    if u32::from_le_bytes(w4) != SEGMENT_MAGIC {
+        return Err("bad segment magic".into());
+    }
+    if buf[4] != SEGMENT_VERSION {
+        return Err(format!("unsupported segment version {}", buf[4]));
+    }
+    w4.copy_from_slice(&buf[24..28]);
+    if crc32c::crc32c(&buf[0..24]) != u32::from_le_bytes(w4) {
+        return Err("segment header checksum mismatch".into());
+    }
+    let mut w8 = [0u8; 8];
+    w8.copy_from_slice(&buf[8..16]);
+    let base_index = u64::from_le_bytes(w8);
+    w8.copy_from_slice(&buf[16..24]);
+    Ok((base_index, u64::from_le_bytes(w8)))
+}
+
+/// The in-memory view of one segment (registered frames only: written to the file).
+#[derive(Debug, Clone)]
+pub(crate) struct Segment {
+    pub(crate) base_index: u64,
+    pub(crate) base_offset: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) file: Arc<dyn DiskFile>,
+    /// Base offset of every frame, dense.
+    pub(crate) offsets: Vec<u64>,
+    /// Offset after the last frame.
+    pub(crate) end_offset: u64,
+    /// `(index, file position)` every `index_interval_bytes`, always including the first frame.
+    pub(crate) sparse: Vec<(u64, u64)>,
+    /// End of valid data (the next frame's position).
+    pub(crate) end_pos: u64,
+}
+
+impl Segment {
+    pub(crate) fn new(base_index: u64, base_offset: u64, path: PathBuf, file: Arc<dyn DiskFile>) -> Self {
+        Segment {
+            base_index,
+            base_offset,
+            path,
+            file,
+            offsets: Vec::new(),
+            end_offset: base_offset,
+            sparse: Vec::new(),
+            end_pos: SEGMENT_HEADER_BYTES,
+        }
+    }
+
+    pub(crate) fn next_index(&self) -> u64 {
+        self.base_index + self.offsets.len() as u64
+    }
+
+    /// Registers a frame written at `pos` with on-disk length `len`.
+    pub(crate) fn push_frame(&mut self, index: u64, offset: u64, count: u32, pos: u64, len: u64, interval: u32) {
+        debug_assert_eq!(index, self.next_index());
+        self.offsets.push(offset);
+        self.end_offset = offset + u64::from(count);
+        let due = self
+            .sparse
+            .last()
+            .is_none_or(|(_, p)| pos - p >= u64::from(interval));
+        if due {
+            self.sparse.push((index, pos));
+        }
+        self.end_pos = pos + len;
+    }
+
+    /// The sparse entry at or before `index`: where to start scanning for it.
+    pub(crate) fn scan_start(&self, index: u64) -> (u64, u64) {
+        let i = self.sparse.partition_point(|(idx, _)| *idx <= index);
+        if i == 0 {
+            (self.base_index, SEGMENT_HEADER_BYTES)
+        } else {
+            self.sparse[i - 1]
+        }
+    }
+
+    /// Base offset of frame `index` (which must be in this segment).
+    pub(crate) fn offset_of(&self, index: u64) -> Option<u64> {
+        let i = index.checked_sub(self.base_index)?;
+        self.offsets.get(usize::try_from(i).ok()?).copied()
+    }
+
+    /// Drops frames `>= from`, whose first byte is at `pos`.
+    pub(crate) fn truncate_frames(&mut self, from: u64, pos: u64) {
+        if let Some(off) = self.offset_of(from) {
+            self.end_offset = off;
+        }
+        let keep = from.saturating_sub(self.base_index) as usize;
+        self.offsets.truncate(keep);
+        self.sparse.retain(|(idx, _)| *idx < from);
+        self.end_pos = pos;
+    }
+
+    /// Frame whose `[base_offset, base_offset + count)` contains `offset`, if any.
+    pub(crate) fn locate(&self, offset: u64) -> Option<(u64, u64)> {
+        let j = self.offsets.partition_point(|o| *o <= offset);
+        if j == 0 {
+            return None;
+        }
+        let i = j - 1;
+        let start = self.offsets[i];
+        let end = self.offsets.get(i + 1).copied().unwrap_or(self.end_offset);
+        (offset < end).then_some((self.base_index + i as u64, start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_header() {
+        assert_eq!(segment_file_name(42), "00000000000000000042.log");
+        assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
+        assert_eq!(parse_segment_name("42.log"), None);
+        let h = encode_segment_header(5, 77);
+        assert_eq!(decode_segment_header(&h), Ok((5, 77)));
+        let mut bad = h;
+        bad[9] ^= 1;
+        assert!(decode_segment_header(&bad).is_err());
+    }
+}

@@ -1,0 +1,509 @@
+//! The group-commit writer: one task per log owns every write, fed by one FIFO queue.
+//!
+//! The task takes the next operation; if it is an append, it also takes every append queued
+//! right behind it (up to `group_commit_bytes_max`), encodes them into ONE buffer, issues
+//! ONE write and ONE fdatasync, then answers every caller. Other operations (meta, truncate,
+//! purge, reset, close) run one at a time in queue order, so none is durable before an earlier
+//! append.
+//!
+//! *Invariants:* a failed write or fdatasync is never retried; the log is poisoned and every
+//! queued and later operation fails (fail-stop: after a failed fsync the kernel may have
+//! dropped the dirty pages, so a retry could "succeed" without the data).
+//! A segment is fdatasync'd before the next one is created, so a sealed segment is complete.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::frame::{encode_frame, frame_len};
+use super::recovery::{encode_anchor, remove_index_file, remove_segment_files, segment_path, write_index};
+use super::segment::{encode_segment_header, Segment, SEGMENT_HEADER_BYTES};
+use super::{LogConfig, Position, State};
+use crate::io::{Disk, DiskFile};
+use crate::meta::SlotFile;
+use crate::StorageError;
+
+type Reply = oneshot::Sender<Result<(), StorageError>>;
+
+/// A frame waiting to be written.
+#[derive(Debug)]
+pub(crate) struct PendingFrame {
+    pub(crate) index: u64,
+    pub(crate) record_count: u32,
+    pub(crate) payload: Bytes,
+}
+
+/// An operation in the writer queue.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Append {
+        frames: Vec<PendingFrame>,
+        base_offset: u64,
+        last_id: u64,
+        bytes: usize,
+        reply: Reply,
+    },
+    PutMeta {
+        data: Vec<u8>,
+        reply: Reply,
+    },
+    Truncate {
+        from: u64,
+        from_offset: u64,
+        epoch: u64,
+        reply: Reply,
+    },
+    Purge {
+        index: u64,
+        offset: u64,
+        reply: Reply,
+    },
+    Reset {
+        next: Position,
+        epoch: u64,
+        reply: Reply,
+    },
+    Close {
+        reply: Reply,
+    },
+}
+
+impl Op {
+    fn into_reply(self) -> Reply {
+        match self {
+            Op::Append { reply, .. }
+            | Op::PutMeta { reply, .. }
+            | Op::Truncate { reply, .. }
+            | Op::Purge { reply, .. }
+            | Op::Reset { reply, .. }
+            | Op::Close { reply } => reply,
+        }
+    }
+}
+
+/// The segment being appended to.
+struct Active {
+    base: u64,
+    file: Arc<dyn DiskFile>,
+    path: PathBuf,
+    /// Next write position.
+    pos: u64,
+    next_index: u64,
+    next_offset: u64,
+}
+
+/// Frames encoded for one write, not yet registered in the segment table.
+struct Chunk {
+    buf: Vec<u8>,
+    /// File position of `buf[0]`.
+    pos: u64,
+    /// `(index, offset, count, pos, len)`.
+    regs: Vec<(u64, u64, u32, u64, u64)>,
+    /// The segment was created by this chunk: sync the directory after writing.
+    created: bool,
+}
+
+pub(crate) struct Writer {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    config: LogConfig,
+    state: Arc<Mutex<State>>,
+    rx: mpsc::Receiver<Op>,
+    meta: SlotFile,
+    anchor: SlotFile,
+    active: Option<Active>,
+    deferred: Option<Op>,
+    /// Highest index durable in the files.
+    file_durable: Option<u64>,
+    /// Epoch of the last truncate/reset processed.
+    epoch: u64,
+    spare: Vec<u8>,
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        disk: Arc<dyn Disk>,
+        dir: PathBuf,
+        config: LogConfig,
+        state: Arc<Mutex<State>>,
+        rx: mpsc::Receiver<Op>,
+        meta: SlotFile,
+        anchor: SlotFile,
+        file_durable: Option<u64>,
+    ) -> Self {
+        let active = {
+            let st = state.lock().unwrap_or_else(|e| e.into_inner());
+            st.segments.values().next_back().map(active_of)
+        };
+        Writer {
+            disk,
+            dir,
+            config,
+            state,
+            rx,
+            meta,
+            anchor,
+            active,
+            deferred: None,
+            file_durable,
+            epoch: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            let op = match self.deferred.take() {
+                Some(op) => op,
+                None => match self.rx.recv().await {
+                    Some(op) => op,
+                    None => return,
+                },
+            };
+            if let Some(e) = self.lock().poison_error() {
+                let _ = op.into_reply().send(Err(e));
+                continue;
+            }
+            match op {
+                Op::Append { .. } => self.append_group(op).await,
+                Op::PutMeta { data, reply } => {
+                    let r = self.meta.write(&data).await;
+                    let r = self.check(r, "meta write");
+                    let _ = reply.send(r);
+                }
+                Op::Truncate { from, from_offset, epoch, reply } => {
+                    let r = self.truncate(from, from_offset).await;
+                    let r = self.check(r, "truncate");
+                    self.epoch = epoch;
+                    self.publish_durable();
+                    let _ = reply.send(r);
+                }
+                Op::Purge { index, offset, reply } => {
+                    let r = self.purge(index, offset).await;
+                    let r = self.check(r, "purge");
+                    let _ = reply.send(r);
+                }
+                Op::Reset { next, epoch, reply } => {
+                    let r = self.reset(next).await;
+                    let r = self.check(r, "reset");
+                    self.epoch = epoch;
+                    self.publish_durable();
+                    let _ = reply.send(r);
+                }
+                Op::Close { reply } => {
+                    if let Some(a) = &self.active {
+                        let seg = self.lock().segments.get(&a.base).cloned();
+                        if let Some(seg) = seg {
+                            write_index(self.disk.as_ref(), &self.dir, &seg).await;
+                        }
+                    }
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Poisons the log on any failure; returns the error to hand to the caller.
+    fn check(&self, r: Result<(), StorageError>, op: &'static str) -> Result<(), StorageError> {
+        let Err(e) = r else { return Ok(()) };
+        let mut st = self.lock();
+        if st.poisoned.is_none() {
+            tracing::error!(dir = %self.dir.display(), error = %e, "{op} failed; the log is poisoned");
+            st.poisoned = Some((op, e.to_string()));
+        }
+        Err(st.poison_error().unwrap_or(e))
+    }
+
+    fn publish_durable(&self) {
+        let mut st = self.lock();
+        if st.epoch == self.epoch {
+            st.durable_index = self.file_durable.filter(|d| *d < st.next_index);
+        }
+    }
+
+    async fn append_group(&mut self, first: Op) {
+        let mut ops = vec![first];
+        let mut bytes = match &ops[0] {
+            Op::Append { bytes, .. } => *bytes,
+            _ => 0,
+        };
+        while bytes < self.config.group_commit_bytes_max {
+            match self.rx.try_recv() {
+                Ok(op @ Op::Append { .. }) => {
+                    if let Op::Append { bytes: b, .. } = &op {
+                        bytes += b;
+                    }
+                    ops.push(op);
+                }
+                Ok(other) => {
+                    self.deferred = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let r = self.write_group(&ops).await;
+        let r = self.check(r, "append");
+        let mut last = None;
+        let mut last_id = None;
+        let mut replies = Vec::with_capacity(ops.len());
+        for op in ops {
+            if let Op::Append { frames, last_id: id, reply, .. } = op {
+                last = frames.last().map(|f| f.index).or(last);
+                last_id = Some(id);
+                replies.push(reply);
+            }
+        }
+        if r.is_ok() {
+            if last.is_some() {
+                self.file_durable = last;
+            }
+            if let Some(id) = last_id {
+                self.lock().pop_tail(id);
+            }
+            self.publish_durable();
+        }
+        for reply in replies {
+            let _ = reply.send(match &r {
+                Ok(()) => Ok(()),
+                Err(_) => Err(self.lock().poison_error().unwrap_or(StorageError::Closed)),
+            });
+        }
+    }
+
+    async fn write_group(&mut self, ops: &[Op]) -> Result<(), StorageError> {
+        let mut chunk: Option<Chunk> = None;
+        for op in ops {
+            let Op::Append { frames, base_offset, .. } = op else { continue };
+            let mut offset = *base_offset;
+            for f in frames {
+                let len = frame_len(f.payload.len()) as u64;
+                let need_roll = self.active.as_ref().is_some_and(|a| {
+                    a.pos > SEGMENT_HEADER_BYTES && a.pos + len > self.config.segment_bytes_max
+                });
+                if need_roll {
+                    if let Some(c) = chunk.take() {
+                        self.flush(c).await?;
+                    }
+                    self.seal().await;
+                }
+                if self.active.is_none() {
+                    chunk = Some(self.create_segment(f.index, offset).await?);
+                }
+                let (Some(a), c) = (self.active.as_mut(), &mut chunk) else {
+                    return Err(StorageError::Closed);
+                };
+                let c = c.get_or_insert_with(|| Chunk {
+                    buf: std::mem::take(&mut self.spare),
+                    pos: a.pos,
+                    regs: Vec::new(),
+                    created: false,
+                });
+                debug_assert_eq!(f.index, a.next_index);
+                encode_frame(&mut c.buf, f.index, f.record_count, &f.payload);
+                c.regs.push((f.index, offset, f.record_count, a.pos, len));
+                a.pos += len;
+                a.next_index = f.index + 1;
+                offset += u64::from(f.record_count);
+                a.next_offset = offset;
+            }
+        }
+        if let Some(c) = chunk {
+            self.flush(c).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes and fdatasyncs one chunk to the active segment, then registers its frames.
+    async fn flush(&mut self, c: Chunk) -> Result<(), StorageError> {
+        let Some(a) = &self.active else { return Err(StorageError::Closed) };
+        let (file, path, base) = (a.file.clone(), a.path.clone(), a.base);
+        let mut buf = file
+            .write_all_at_and_sync(c.buf, c.pos)
+            .await
+            .map_err(|e| StorageError::io("write+fdatasync", &path, e))?;
+        if c.created {
+            self.disk
+                .sync_dir(&self.dir)
+                .await
+                .map_err(|e| StorageError::io("fsync dir", &self.dir, e))?;
+        }
+        {
+            let interval = self.config.index_interval_bytes;
+            let mut st = self.lock();
+            if let Some(seg) = st.segments.get_mut(&base) {
+                for (index, offset, count, pos, len) in c.regs {
+                    seg.push_frame(index, offset, count, pos, len, interval);
+                }
+            }
+        }
+        buf.clear();
+        self.spare = buf;
+        Ok(())
+    }
+
+    /// Writes the active segment's index and forgets it (it was fdatasync'd by `flush`).
+    async fn seal(&mut self) {
+        if let Some(a) = self.active.take() {
+            let seg = self.lock().segments.get(&a.base).cloned();
+            if let Some(seg) = seg {
+                write_index(self.disk.as_ref(), &self.dir, &seg).await;
+            }
+        }
+    }
+
+    async fn create_segment(&mut self, base: u64, base_offset: u64) -> Result<Chunk, StorageError> {
+        let path = segment_path(&self.dir, base);
+        let file = self
+            .disk
+            .open(&path, true)
+            .await
+            .map_err(|e| StorageError::io("create", &path, e))?;
+        // A leftover file of the same name (e.g. from a truncation) must not keep old bytes.
+        file.set_len(0).await.map_err(|e| StorageError::io("truncate", &path, e))?;
+        if self.config.preallocate {
+            file.allocate(self.config.segment_bytes_max)
+                .await
+                .map_err(|e| StorageError::io("fallocate", &path, e))?;
+        }
+        self.lock()
+            .segments
+            .insert(base, Segment::new(base, base_offset, path.clone(), file.clone()));
+        let mut buf = std::mem::take(&mut self.spare);
+        buf.extend_from_slice(&encode_segment_header(base, base_offset));
+        self.active = Some(Active {
+            base,
+            file,
+            path,
+            pos: SEGMENT_HEADER_BYTES,
+            next_index: base,
+            next_offset: base_offset,
+        });
+        Ok(Chunk {
+            buf,
+            pos: 0,
+            regs: Vec::new(),
+            created: true,
+        })
+    }
+
+    async fn sync_dir(&self) -> Result<(), StorageError> {
+        self.disk
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| StorageError::io("fsync dir", &self.dir, e))
+    }
+
+    async fn delete_segment(&mut self, base: u64) -> Result<(), StorageError> {
+        let seg = self.lock().segments.remove(&base);
+        if let Some(seg) = seg {
+            remove_segment_files(self.disk.as_ref(), &self.dir, &seg.path, base).await?;
+        }
+        if self.active.as_ref().is_some_and(|a| a.base == base) {
+            self.active = None;
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, from: u64, from_offset: u64) -> Result<(), StorageError> {
+        let (doomed, containing, first_base) = {
+            let st = self.lock();
+            let doomed: Vec<u64> = st.segments.range(from..).map(|(b, _)| *b).collect();
+            let containing = st
+                .segments
+                .range(..from)
+                .next_back()
+                .filter(|(_, s)| s.next_index() > from)
+                .map(|(_, s)| s.clone());
+            (doomed, containing, st.segments.keys().next().copied())
+        };
+        if first_base.is_some_and(|b| b >= from) {
+            // Everything goes: record where the log continues first.
+            self.anchor.write(&encode_anchor(from, from_offset)).await?;
+        }
+        let dir_dirty = !doomed.is_empty() || containing.is_some();
+        for base in doomed.into_iter().rev() {
+            self.delete_segment(base).await?;
+        }
+        if let Some(seg) = containing {
+            let pos = super::reader::find_frame_pos(
+                seg.file.as_ref(),
+                &seg.path,
+                seg.scan_start(from),
+                from,
+                seg.end_pos,
+                self.config.frame_payload_bytes_max,
+            )
+            .await?;
+            remove_index_file(self.disk.as_ref(), &self.dir, seg.base_index).await?;
+            seg.file
+                .set_len(pos)
+                .await
+                .map_err(|e| StorageError::io("truncate", &seg.path, e))?;
+            seg.file
+                .sync_data()
+                .await
+                .map_err(|e| StorageError::io("fdatasync", &seg.path, e))?;
+            let mut st = self.lock();
+            if let Some(s) = st.segments.get_mut(&seg.base_index) {
+                s.truncate_frames(from, pos);
+            }
+        }
+        if dir_dirty {
+            self.sync_dir().await?;
+        }
+        let active = self.lock().segments.values().next_back().map(active_of);
+        self.active = active;
+        self.file_durable = self.file_durable.min(from.checked_sub(1));
+        Ok(())
+    }
+
+    async fn purge(&mut self, index: u64, offset: u64) -> Result<(), StorageError> {
+        self.anchor.write(&encode_anchor(index, offset)).await?;
+        let below: Vec<u64> = {
+            let st = self.lock();
+            st.segments
+                .values()
+                .filter(|s| s.next_index() <= index)
+                .map(|s| s.base_index)
+                .collect()
+        };
+        if below.is_empty() {
+            return Ok(());
+        }
+        for base in below {
+            self.delete_segment(base).await?;
+        }
+        self.sync_dir().await
+    }
+
+    async fn reset(&mut self, next: Position) -> Result<(), StorageError> {
+        let all: Vec<u64> = self.lock().segments.keys().copied().collect();
+        for base in all {
+            self.delete_segment(base).await?;
+        }
+        self.sync_dir().await?;
+        self.anchor.write(&encode_anchor(next.index, next.offset)).await?;
+        self.file_durable = None;
+        Ok(())
+    }
+}
+
+fn active_of(s: &Segment) -> Active {
+    Active {
+        base: s.base_index,
+        file: s.file.clone(),
+        path: s.path.clone(),
+        pos: s.end_pos,
+        next_index: s.next_index(),
+        next_offset: s.end_offset,
+    }
+}
