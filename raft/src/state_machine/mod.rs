@@ -12,7 +12,12 @@
 //! hasher. All state is `serde` serializable: it *is* the Raft snapshot (never task payloads).
 
 pub mod metadata;
+pub mod partition;
 pub mod placement;
 
 pub use metadata::{GroupId, GroupMode, MetaCommand, MetaError, MetaResponse, MetadataState};
+pub use partition::{
+    GroupConfig, LeaseToken, PartitionState, ProduceOutcome, ProducerInfo, QueueError, QueueOp,
+    QueueResult, RecordMeta,
+};
 pub use placement::{place, PlacementError};
