@@ -2130,3 +2130,263 @@ mod tests {
         assert_eq!(p, restored);
     }
 }
+
+/// Model test: random produce/lease/ack/nack/extend/advance-time sequences against the
+/// invariants (single live lease, acked never returns, attempts grow, eventual completion).
+#[cfg(test)]
+mod model_tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const G: &str = "g";
+    const MAX_ATTEMPTS: u32 = 4;
+    const VISIBILITY_MS: u64 = 100;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Produce {
+            count: u32,
+            priority: u8,
+            delay_ms: Option<u64>,
+        },
+        Lease {
+            worker: u8,
+            max: u32,
+        },
+        Ack {
+            pick: usize,
+            stale: bool,
+        },
+        Nack {
+            pick: usize,
+            retry_ms: Option<u64>,
+        },
+        Extend {
+            pick: usize,
+        },
+        Advance {
+            ms: u64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u32..4, 0u8..3, prop::option::of(0u64..300)).prop_map(
+                |(count, priority, delay_ms)| Op::Produce {
+                    count,
+                    priority,
+                    delay_ms
+                }
+            ),
+            (0u8..3, 0u32..4).prop_map(|(worker, max)| Op::Lease { worker, max }),
+            (any::<usize>(), any::<bool>()).prop_map(|(pick, stale)| Op::Ack { pick, stale }),
+            (any::<usize>(), prop::option::of(0u64..200))
+                .prop_map(|(pick, retry_ms)| Op::Nack { pick, retry_ms }),
+            any::<usize>().prop_map(|pick| Op::Extend { pick }),
+            (1u64..150).prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    #[derive(Default)]
+    struct Model {
+        now: u64,
+        /// offset -> (current token, expires_at) of leases the model believes are live.
+        live: BTreeMap<u64, (LeaseToken, u64)>,
+        /// Every token ever granted, for stale presentations.
+        old_tokens: Vec<LeaseToken>,
+        acked: BTreeSet<u64>,
+        last_attempt: BTreeMap<u64, u32>,
+    }
+
+    fn cfg() -> GroupConfig {
+        GroupConfig {
+            visibility_timeout_ms: VISIBILITY_MS,
+            max_attempts: MAX_ATTEMPTS,
+            dead_letter: true,
+            retry_backoff_base_ms: 10,
+            retry_backoff_max_ms: 80,
+        }
+    }
+
+    fn lease_op(worker: u8, max: u32) -> QueueOp {
+        QueueOp::Lease {
+            group: G.into(),
+            worker: format!("w{worker}"),
+            max_tasks: max,
+            visibility_timeout_ms: None,
+        }
+    }
+
+    fn check_grants(m: &mut Model, p: &PartitionState, granted: &[LeasedTask]) {
+        for t in granted {
+            assert!(
+                !m.acked.contains(&t.offset),
+                "acked task {} came back",
+                t.offset
+            );
+            if let Some((_, expires)) = m.live.get(&t.offset) {
+                assert!(
+                    *expires <= m.now,
+                    "task {} leased twice while live",
+                    t.offset
+                );
+            }
+            let last = m.last_attempt.insert(t.offset, t.attempt).unwrap_or(0);
+            assert!(t.attempt > last, "attempts must grow");
+            assert!(t.attempt <= MAX_ATTEMPTS);
+            assert_eq!(t.token.attempt, t.attempt);
+            m.live.insert(t.offset, (t.token, t.expires_at_ms));
+            m.old_tokens.push(t.token);
+        }
+        // A reclaim may have turned model-live (expired) leases into ready/dead tasks.
+        m.live.retain(|offset, (token, _)| {
+            matches!(p.task_state(G, *offset).map(|v| v.status),
+                Some(TaskStatus::Leased { token: current, .. }) if current == *token)
+        });
+    }
+
+    fn run(ops: &[Op]) -> (PartitionState, Model) {
+        let mut p = PartitionState::new();
+        let ensure = QueueOp::EnsureGroup {
+            group: G.into(),
+            mode: GroupMode::Queue,
+            config: cfg(),
+        };
+        assert_eq!(p.apply_queue(0, &[ensure]), vec![QueueResult::Ok]);
+        let mut m = Model::default();
+        for op in ops {
+            let pick_live = |m: &Model, pick: usize| {
+                (!m.live.is_empty())
+                    .then(|| *m.live.values().nth(pick % m.live.len()).expect("in range"))
+            };
+            match op {
+                Op::Produce {
+                    count,
+                    priority,
+                    delay_ms,
+                } => {
+                    let base = p.next_offset();
+                    let not_before = delay_ms.map(|d| m.now + d);
+                    let records = (0..*count).map(|_| RecordMeta {
+                        key: None,
+                        not_before_ms: not_before,
+                        priority: *priority,
+                    });
+                    p.apply_produce(
+                        base,
+                        m.now,
+                        ProducerInfo {
+                            producer_id: 0,
+                            first_sequence: 0,
+                            record_count: *count,
+                        },
+                        records,
+                    );
+                }
+                Op::Lease { worker, max } => {
+                    let r = p.apply_queue(m.now, &[lease_op(*worker, *max)]);
+                    let [QueueResult::Leased(granted)] = r.as_slice() else {
+                        panic!("{r:?}");
+                    };
+                    check_grants(&mut m, &p, granted);
+                }
+                Op::Ack { pick, stale } => {
+                    let token = if *stale && !m.old_tokens.is_empty() {
+                        m.old_tokens[pick % m.old_tokens.len()]
+                    } else if let Some((token, _)) = pick_live(&m, *pick) {
+                        token
+                    } else {
+                        continue;
+                    };
+                    let expected_ok = m.live.get(&token.offset).is_some_and(|(t, _)| *t == token);
+                    let r = p.apply_queue(
+                        m.now,
+                        &[QueueOp::Ack {
+                            group: G.into(),
+                            token,
+                        }],
+                    );
+                    assert_eq!(r[0] == QueueResult::Ok, expected_ok, "ack {token:?}: {r:?}");
+                    if expected_ok {
+                        m.live.remove(&token.offset);
+                        m.acked.insert(token.offset);
+                    }
+                }
+                Op::Nack { pick, retry_ms } => {
+                    let Some((token, _)) = pick_live(&m, *pick) else {
+                        continue;
+                    };
+                    let r = p.apply_queue(
+                        m.now,
+                        &[QueueOp::Nack {
+                            group: G.into(),
+                            token,
+                            retry_after_ms: *retry_ms,
+                            reason: None,
+                        }],
+                    );
+                    assert_eq!(r, vec![QueueResult::Ok]);
+                    m.live.remove(&token.offset);
+                }
+                Op::Extend { pick } => {
+                    let Some((token, _)) = pick_live(&m, *pick) else {
+                        continue;
+                    };
+                    let r = p.apply_queue(
+                        m.now,
+                        &[QueueOp::Extend {
+                            group: G.into(),
+                            token,
+                            visibility_timeout_ms: VISIBILITY_MS,
+                        }],
+                    );
+                    assert_eq!(r, vec![QueueResult::Ok]);
+                    m.live.insert(token.offset, (token, m.now + VISIBILITY_MS));
+                }
+                Op::Advance { ms } => m.now += ms,
+            }
+            let stats = p.group_stats(G, m.now).expect("group exists");
+            assert_eq!(stats.acked_total, m.acked.len() as u64);
+            assert_eq!(stats.in_flight, m.live.len() as u64);
+        }
+        (p, m)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn queue_invariants_hold(ops in prop::collection::vec(op(), 0..120)) {
+            let (mut p, mut m) = run(&ops);
+            // Determinism: a replica replaying the same ops reaches the same state.
+            let (replica, _) = run(&ops);
+            prop_assert_eq!(&replica, &p);
+            // Liveness: workers that keep leasing and acking finish every task.
+            for _ in 0..100 {
+                m.now += 1_000;
+                let r = p.apply_queue(m.now, &[lease_op(0, LEASE_BATCH_MAX)]);
+                let [QueueResult::Leased(granted)] = r.as_slice() else { panic!("{r:?}") };
+                let granted = granted.clone();
+                check_grants(&mut m, &p, &granted);
+                for t in &granted {
+                    let r = p.apply_queue(m.now, &[QueueOp::Ack { group: G.into(), token: t.token }]);
+                    prop_assert_eq!(&r, &vec![QueueResult::Ok]);
+                    m.live.remove(&t.offset);
+                    m.acked.insert(t.offset);
+                }
+                let s = p.group_stats(G, m.now).expect("group exists");
+                if s.lag == 0 {
+                    break;
+                }
+            }
+            let dead: BTreeSet<u64> = p.dead_letters(G).expect("queue group").map(|d| d.offset).collect();
+            for offset in 0..p.next_offset() {
+                prop_assert!(m.acked.contains(&offset) ^ dead.contains(&offset), "offset {} unfinished", offset);
+            }
+            prop_assert_eq!(p.retention_floor(), dead.first().copied().unwrap_or(p.next_offset()));
+        }
+    }
+}
