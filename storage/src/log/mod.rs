@@ -335,7 +335,7 @@ impl Log {
             tail_bytes: 0,
             next_id: 0,
             meta: rec.meta.map(Bytes::from),
-            durable_index: if rec.next_index > rec.first_index { durable_index } else { None },
+            durable_index,
             epoch: 0,
             poisoned: None,
             closed: false,
@@ -746,7 +746,8 @@ impl Log {
         Position { index: st.first_index, offset: st.first_offset }
     }
 
-    /// Highest index known to be fdatasync'd (`None` if none since the last reset).
+    /// Highest index known to be fdatasync'd: every frame at or below it is durable
+    /// (`None` before the first sync, and between a reset and its ticket resolving).
     pub fn durable_index(&self) -> Option<u64> {
         self.lock().durable_index
     }

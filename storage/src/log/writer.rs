@@ -492,7 +492,8 @@ impl Writer {
         }
         self.sync_dir().await?;
         self.anchor.write(&encode_anchor(next.index, next.offset)).await?;
-        self.file_durable = None;
+        // Everything before the reset point is, by definition, settled.
+        self.file_durable = next.index.checked_sub(1);
         Ok(())
     }
 }
