@@ -118,7 +118,11 @@ impl StorageError {
     }
 
     /// Builds a [`StorageError::Corrupt`].
-    pub(crate) fn corrupt(path: impl Into<PathBuf>, position: u64, reason: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        position: u64,
+        reason: impl Into<String>,
+    ) -> Self {
         StorageError::Corrupt {
             path: path.into(),
             position,

@@ -66,7 +66,10 @@ pub fn decode_slot(magic: u32, slot: &[u8]) -> Option<(u64, &[u8])> {
     if slot_crc(slot, len) != word(16) {
         return None;
     }
-    Some((u64::from_le_bytes(seq), &slot[SLOT_HEADER_BYTES..SLOT_HEADER_BYTES + len]))
+    Some((
+        u64::from_le_bytes(seq),
+        &slot[SLOT_HEADER_BYTES..SLOT_HEADER_BYTES + len],
+    ))
 }
 
 /// A two-slot record file.

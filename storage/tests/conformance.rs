@@ -1,4 +1,5 @@
 //! The `Disk` conformance suite against every backend.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
 //! Corruption on real files: torn tails are truncated, other damage is a typed error.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,12 @@ use taskbroker_storage::log::{FrameIn, Log, LogConfig};
 use taskbroker_storage::StorageError;
 
 fn config() -> LogConfig {
-    LogConfig { segment_bytes_max: 8192, index_interval_bytes: 512, preallocate: false, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes_max: 8192,
+        index_interval_bytes: 512,
+        preallocate: false,
+        ..LogConfig::default()
+    }
 }
 
 fn disk() -> Arc<dyn Disk> {
@@ -22,7 +28,13 @@ async fn fill(dir: &Path, frames: u64) {
     let log = Log::open(disk(), dir, config()).await.unwrap();
     for i in 0..frames {
         let p = Bytes::from(vec![i as u8; 500]);
-        log.append(vec![FrameIn { payload: p, record_count: 2 }]).unwrap().await.unwrap();
+        log.append(vec![FrameIn {
+            payload: p,
+            record_count: 2,
+        }])
+        .unwrap()
+        .await
+        .unwrap();
     }
     log.close().await.unwrap();
 }
@@ -54,9 +66,17 @@ async fn cut_tail_mid_frame_is_truncated() {
     assert_eq!(log.next_offset(), 78);
     let frames = log.read(0, 100, usize::MAX).await.unwrap();
     assert_eq!(frames.len(), 39);
-    assert!(frames.iter().all(|f| f.payload[..] == [f.index as u8; 500][..]));
+    assert!(frames
+        .iter()
+        .all(|f| f.payload[..] == [f.index as u8; 500][..]));
     // appends continue where the intact data ends
-    log.append(vec![FrameIn { payload: "x".into(), record_count: 1 }]).unwrap().await.unwrap();
+    log.append(vec![FrameIn {
+        payload: "x".into(),
+        record_count: 1,
+    }])
+    .unwrap()
+    .await
+    .unwrap();
     log.close().await.unwrap();
     let log = Log::open(disk(), t.path(), config()).await.unwrap();
     assert_eq!(log.next_index(), 40);
@@ -67,7 +87,10 @@ async fn flipped_byte_in_a_middle_frame_is_corrupt() {
     let t = tmp();
     fill(t.path(), 40).await;
     // in the tail segment (valid frames follow) and in a sealed segment
-    for seg in [segments(t.path()).pop().unwrap(), segments(t.path())[0].clone()] {
+    for seg in [
+        segments(t.path()).pop().unwrap(),
+        segments(t.path())[0].clone(),
+    ] {
         let mut bytes = std::fs::read(&seg).unwrap();
         let orig = bytes.clone();
         bytes[32 + 48 + 10] ^= 0xff; // payload of the first frame
@@ -91,7 +114,10 @@ async fn corrupt_frame_read_through_a_valid_index_is_a_typed_error() {
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[32 + 40] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
-    assert!(matches!(log.read(0, 1, 1).await, Err(StorageError::Corrupt { .. })));
+    assert!(matches!(
+        log.read(0, 1, 1).await,
+        Err(StorageError::Corrupt { .. })
+    ));
 }
 
 #[tokio::test]
@@ -109,7 +135,10 @@ async fn missing_or_damaged_index_is_rebuilt() {
     assert_eq!(log.next_index(), 40);
     let frames = log.read(0, 100, usize::MAX).await.unwrap();
     assert_eq!(frames.len(), 40);
-    assert_eq!(log.locate_offset(41).await.unwrap().map(|p| p.index), Some(20));
+    assert_eq!(
+        log.locate_offset(41).await.unwrap().map(|p| p.index),
+        Some(20)
+    );
     assert!(segs[0].with_extension("index").exists(), "index rewritten");
 }
 
@@ -127,7 +156,10 @@ async fn damaged_meta_slot_falls_back_to_the_other() {
     std::fs::write(&meta, &b).unwrap();
     let log = Log::open(disk(), t.path(), config()).await.unwrap();
     assert_eq!(log.meta(), Some(Bytes::from("one")));
-    assert!(matches!(log.put_meta(vec![0; 5000]), Err(StorageError::MetaTooLarge { .. })));
+    assert!(matches!(
+        log.put_meta(vec![0; 5000]),
+        Err(StorageError::MetaTooLarge { .. })
+    ));
 }
 
 fn valid_frame() -> Vec<u8> {

@@ -1,4 +1,5 @@
 //! Model-based property test of `Log` against a simple in-memory model, on every backend.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,7 +60,9 @@ impl Model {
 }
 
 fn payload(seed: u64, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64) % 251) as u8).collect()
+    (0..len)
+        .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64) % 251) as u8)
+        .collect()
 }
 
 fn config(preallocate: bool) -> LogConfig {
@@ -73,7 +76,9 @@ fn config(preallocate: bool) -> LogConfig {
 }
 
 async fn run(disk: Arc<dyn Disk>, dir: PathBuf, ops: Vec<Op>, preallocate: bool) {
-    let mut log = Log::open(disk.clone(), &dir, config(preallocate)).await.unwrap();
+    let mut log = Log::open(disk.clone(), &dir, config(preallocate))
+        .await
+        .unwrap();
     let mut m = Model::default();
     let mut tickets = Vec::new();
     let mut seed = 0u64;
@@ -84,11 +89,20 @@ async fn run(disk: Arc<dyn Disk>, dir: PathBuf, ops: Vec<Op>, preallocate: bool)
                     .iter()
                     .map(|(len, count)| {
                         seed += 1;
-                        FrameIn { payload: Bytes::from(payload(seed, *len)), record_count: *count }
+                        FrameIn {
+                            payload: Bytes::from(payload(seed, *len)),
+                            record_count: *count,
+                        }
                     })
                     .collect();
                 let t = log.append(frames.clone()).unwrap();
-                assert_eq!(*t.value(), Position { index: m.next_index, offset: m.next_offset });
+                assert_eq!(
+                    *t.value(),
+                    Position {
+                        index: m.next_index,
+                        offset: m.next_offset
+                    }
+                );
                 for f in frames {
                     m.frames.push(MFrame {
                         index: m.next_index,
@@ -106,16 +120,29 @@ async fn run(disk: Arc<dyn Disk>, dir: PathBuf, ops: Vec<Op>, preallocate: bool)
                 let from = (m.first + from % span).saturating_sub(1);
                 let got = log.read(from, max_frames, max_bytes).await;
                 if from < m.first {
-                    assert!(matches!(got, Err(StorageError::IndexPurged { .. })), "{got:?}");
+                    assert!(
+                        matches!(got, Err(StorageError::IndexPurged { .. })),
+                        "{got:?}"
+                    );
                 } else if from >= m.next_index {
-                    assert!(matches!(got, Err(StorageError::OutOfRange { .. })), "{got:?}");
+                    assert!(
+                        matches!(got, Err(StorageError::OutOfRange { .. })),
+                        "{got:?}"
+                    );
                 } else {
                     let got = got.unwrap();
-                    let want: Vec<&MFrame> = m.live().filter(|f| f.index >= from).take(max_frames).collect();
+                    let want: Vec<&MFrame> = m
+                        .live()
+                        .filter(|f| f.index >= from)
+                        .take(max_frames)
+                        .collect();
                     assert!(!got.is_empty() && got.len() <= want.len());
                     let mut bytes = 0;
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                        assert_eq!((g.index, g.base_offset, g.record_count), (w.index, w.offset, w.count));
+                        assert_eq!(
+                            (g.index, g.base_offset, g.record_count),
+                            (w.index, w.offset, w.count)
+                        );
                         assert_eq!(&g.payload[..], &w.payload[..], "payload of {}", w.index);
                         assert_eq!(g.payload.as_ptr() as usize % 16, 0, "alignment");
                         if i > 0 {
@@ -124,7 +151,10 @@ async fn run(disk: Arc<dyn Disk>, dir: PathBuf, ops: Vec<Op>, preallocate: bool)
                         bytes += g.payload.len();
                     }
                     if got.len() < want.len() {
-                        assert!(bytes + want[got.len()].payload.len() > max_bytes, "stopped early");
+                        assert!(
+                            bytes + want[got.len()].payload.len() > max_bytes,
+                            "stopped early"
+                        );
                     }
                 }
             }
@@ -134,12 +164,18 @@ async fn run(disk: Arc<dyn Disk>, dir: PathBuf, ops: Vec<Op>, preallocate: bool)
                 if o >= m.next_offset {
                     assert_eq!(got.unwrap(), None);
                 } else if o < m.first_offset {
-                    assert!(matches!(got, Err(StorageError::OffsetPurged { .. })), "{got:?}");
+                    assert!(
+                        matches!(got, Err(StorageError::OffsetPurged { .. })),
+                        "{got:?}"
+                    );
                 } else {
                     let want = m
                         .live()
                         .find(|f| f.offset <= o && o < f.offset + u64::from(f.count))
-                        .map(|f| Position { index: f.index, offset: f.offset });
+                        .map(|f| Position {
+                            index: f.index,
+                            offset: f.offset,
+                        });
                     assert_eq!(got.unwrap(), want, "locate {o}");
                 }
             }
@@ -149,7 +185,10 @@ async fn run(disk: Arc<dyn Disk>, dir: PathBuf, ops: Vec<Op>, preallocate: bool)
                 let t = log.truncate_from(from).unwrap();
                 m.frames.retain(|f| f.index < from);
                 if from < m.next_index {
-                    m.next_offset = m.frames.last().map_or(m.first_offset, |f| f.offset + u64::from(f.count));
+                    m.next_offset = m
+                        .frames
+                        .last()
+                        .map_or(m.first_offset, |f| f.offset + u64::from(f.count));
                     if m.frames.iter().all(|f| f.index < m.first) {
                         m.next_offset = m.first_offset;
                     }
@@ -172,7 +211,10 @@ async fn run(disk: Arc<dyn Disk>, dir: PathBuf, ops: Vec<Op>, preallocate: bool)
                 tickets.push(t.boxed_local());
             }
             Op::Reset(di, doff) => {
-                let next = Position { index: m.next_index + di, offset: m.next_offset + doff };
+                let next = Position {
+                    index: m.next_index + di,
+                    offset: m.next_offset + doff,
+                };
                 let t = log.reset(next).unwrap();
                 m.frames.clear();
                 m.first = next.index;
@@ -191,13 +233,21 @@ async fn run(disk: Arc<dyn Disk>, dir: PathBuf, ops: Vec<Op>, preallocate: bool)
                 }
                 assert_eq!(log.durable_index(), m.next_index.checked_sub(1));
                 log.close().await.unwrap();
-                log = Log::open(disk.clone(), &dir, config(preallocate)).await.unwrap();
+                log = Log::open(disk.clone(), &dir, config(preallocate))
+                    .await
+                    .unwrap();
             }
         }
         assert_eq!(log.first_index(), m.first);
         assert_eq!(log.next_index(), m.next_index);
         assert_eq!(log.next_offset(), m.next_offset);
-        assert_eq!(log.first_position(), Position { index: m.first, offset: m.first_offset });
+        assert_eq!(
+            log.first_position(),
+            Position {
+                index: m.first,
+                offset: m.first_offset
+            }
+        );
         assert_eq!(log.meta().map(|b| b.to_vec()), m.meta);
     }
     for t in tickets.drain(..) {
@@ -209,7 +259,10 @@ async fn run(disk: Arc<dyn Disk>, dir: PathBuf, ops: Vec<Op>, preallocate: bool)
 use futures::FutureExt;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 proptest! {

@@ -115,6 +115,7 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
 }
 
 /// An open file with positional, owned-buffer I/O.
+#[allow(clippy::len_without_is_empty)] // `len` is an async file length, not a container size.
 pub trait DiskFile: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes at `pos`; returns the count (short only at end of file).
     fn read_at(&self, buf: Vec<u8>, pos: u64) -> IoFuture<'_, (usize, Vec<u8>)>;
@@ -139,7 +140,11 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
 }
 
 /// Reads exactly `len` bytes at `pos`, or fails with `UnexpectedEof`.
-pub async fn read_exact_at(file: &dyn DiskFile, len: usize, pos: u64) -> ::std::io::Result<Vec<u8>> {
+pub async fn read_exact_at(
+    file: &dyn DiskFile,
+    len: usize,
+    pos: u64,
+) -> ::std::io::Result<Vec<u8>> {
     let (n, mut buf) = file.read_at(vec![0u8; len], pos).await?;
     if n < len {
         buf.truncate(n);

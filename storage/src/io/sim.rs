@@ -197,7 +197,9 @@ fn not_found(path: &Path) -> std::io::Error {
 }
 
 fn parent(path: &Path) -> PathBuf {
-    path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"))
+    path.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 impl Disk for SimDisk {
@@ -284,7 +286,9 @@ impl Disk for SimDisk {
             self.delay().await;
             let mut st = self.lock();
             if st.fail_sync {
-                return Err(std::io::Error::other("sim: injected directory fsync failure"));
+                return Err(std::io::Error::other(
+                    "sim: injected directory fsync failure",
+                ));
             }
             if !st.dirs.contains(&path) {
                 return Err(not_found(&path));
@@ -313,7 +317,10 @@ pub struct SimFile {
 }
 
 impl SimFile {
-    fn with_node<T>(&self, f: impl FnOnce(&mut State, u64) -> std::io::Result<T>) -> std::io::Result<T> {
+    fn with_node<T>(
+        &self,
+        f: impl FnOnce(&mut State, u64) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
         let mut st = self.disk.lock();
         if st.epoch != self.epoch {
             return Err(std::io::Error::other(format!(

@@ -15,8 +15,8 @@
 //! [`DiskFile::write_all_at_and_sync`] submits the fdatasync right after the write completes
 //! on the uring thread: one channel round trip instead of two, without `IOSQE_IO_LINK`.
 
-use std::collections::BTreeMap;
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -39,12 +39,35 @@ type Reply<T> = oneshot::Sender<std::io::Result<T>>;
 /// A request to the uring thread.
 #[derive(Debug)]
 enum Req {
-    Register { id: u64, file: std::fs::File },
-    Close { id: u64 },
-    Read { id: u64, buf: Vec<u8>, pos: u64, reply: Reply<(usize, Vec<u8>)> },
-    Write { id: u64, buf: Vec<u8>, pos: u64, sync: bool, reply: Reply<Vec<u8>> },
-    Sync { id: u64, reply: Reply<()> },
-    Fallocate { id: u64, len: u64, reply: Reply<()> },
+    Register {
+        id: u64,
+        file: std::fs::File,
+    },
+    Close {
+        id: u64,
+    },
+    Read {
+        id: u64,
+        buf: Vec<u8>,
+        pos: u64,
+        reply: Reply<(usize, Vec<u8>)>,
+    },
+    Write {
+        id: u64,
+        buf: Vec<u8>,
+        pos: u64,
+        sync: bool,
+        reply: Reply<Vec<u8>>,
+    },
+    Sync {
+        id: u64,
+        reply: Reply<()>,
+    },
+    Fallocate {
+        id: u64,
+        len: u64,
+        reply: Reply<()>,
+    },
 }
 
 fn dead() -> std::io::Error {
@@ -79,9 +102,11 @@ impl UringDisk {
             .map_err(|e| StorageError::UringUnavailable {
                 reason: format!("cannot spawn the uring thread: {e}"),
             })?;
-        ready_rx.recv().map_err(|_| StorageError::UringUnavailable {
-            reason: "the uring runtime failed to start (ring setup failed)".into(),
-        })?;
+        ready_rx
+            .recv()
+            .map_err(|_| StorageError::UringUnavailable {
+                reason: "the uring runtime failed to start (ring setup failed)".into(),
+            })?;
         Ok(UringDisk {
             tx,
             next_id: Arc::new(AtomicU64::new(0)),
@@ -108,7 +133,12 @@ async fn run(mut rx: mpsc::Receiver<Req>) {
             Req::Close { id } => {
                 files.borrow_mut().remove(&id);
             }
-            Req::Read { id, buf, pos, reply } => match get(id) {
+            Req::Read {
+                id,
+                buf,
+                pos,
+                reply,
+            } => match get(id) {
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -121,7 +151,8 @@ async fn run(mut rx: mpsc::Receiver<Req>) {
                             if done == want {
                                 break Ok(());
                             }
-                            let (r, slice) = f.read_at(buf.slice(done..want), pos + done as u64).await;
+                            let (r, slice) =
+                                f.read_at(buf.slice(done..want), pos + done as u64).await;
                             buf = slice.into_inner();
                             match r {
                                 Ok(0) => break Ok(()),
@@ -279,7 +310,12 @@ impl Drop for UringFile {
 impl DiskFile for UringFile {
     fn read_at(&self, buf: Vec<u8>, pos: u64) -> IoFuture<'_, (usize, Vec<u8>)> {
         let id = self.id;
-        Box::pin(self.call(move |reply| Req::Read { id, buf, pos, reply }))
+        Box::pin(self.call(move |reply| Req::Read {
+            id,
+            buf,
+            pos,
+            reply,
+        }))
     }
 
     fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> IoFuture<'_, Vec<u8>> {

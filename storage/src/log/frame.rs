@@ -270,7 +270,10 @@ mod tests {
             let padding = (FRAME_HEADER_BYTES + 13..buf.len()).contains(&i);
             assert_eq!(decode_frame(&b, 1024).is_ok(), padding, "byte {i}");
         }
-        assert!(matches!(decode_frame(&buf, 4), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            decode_frame(&buf, 4),
+            Err(FrameError::TooLarge { .. })
+        ));
         assert!(matches!(
             decode_frame(&buf[..40], 1024),
             Err(FrameError::Truncated { .. })

@@ -79,7 +79,11 @@ impl Default for LogConfig {
 
 impl LogConfig {
     fn validate(&self) -> Result<(), StorageError> {
-        let bad = |reason: &str| Err(StorageError::InvalidConfig { reason: reason.into() });
+        let bad = |reason: &str| {
+            Err(StorageError::InvalidConfig {
+                reason: reason.into(),
+            })
+        };
         if self.segment_bytes_max < 4096 {
             return bad("segment_bytes_max must be at least 4096");
         }
@@ -172,7 +176,9 @@ impl<T> Ticket<T> {
     /// # Panics
     /// If the ticket has already been polled to completion (it is consumed by `.await`).
     pub fn value(&self) -> &T {
-        self.value.as_ref().expect("Ticket::value called after completion")
+        self.value
+            .as_ref()
+            .expect("Ticket::value called after completion")
     }
 }
 
@@ -227,10 +233,12 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn poison_error(&self) -> Option<StorageError> {
-        self.poisoned.as_ref().map(|(op, reason)| StorageError::Poisoned {
-            op,
-            reason: reason.clone(),
-        })
+        self.poisoned
+            .as_ref()
+            .map(|(op, reason)| StorageError::Poisoned {
+                op,
+                reason: reason.clone(),
+            })
     }
 
     fn check_usable(&self) -> Result<(), StorageError> {
@@ -262,7 +270,11 @@ impl State {
                 return self.tail.get(i).map(|t| t.frame.base_offset);
             }
         }
-        self.segments.range(..=index).next_back()?.1.offset_of(index)
+        self.segments
+            .range(..=index)
+            .next_back()?
+            .1
+            .offset_of(index)
     }
 
     fn position(&self) -> Position {
@@ -305,7 +317,9 @@ pub struct Log {
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("dir", &self.inner.dir).finish_non_exhaustive()
+        f.debug_struct("Log")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -313,7 +327,11 @@ impl Log {
     /// Opens (creating if missing) the log in `dir`, runs recovery and starts its writer task.
     ///
     /// Must be called inside a tokio runtime.
-    pub async fn open(disk: Arc<dyn Disk>, dir: impl Into<PathBuf>, config: LogConfig) -> Result<Log, StorageError> {
+    pub async fn open(
+        disk: Arc<dyn Disk>,
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+    ) -> Result<Log, StorageError> {
         config.validate()?;
         let dir = dir.into();
         let rec = recovery::recover(disk.as_ref(), &dir, &config).await?;
@@ -353,7 +371,12 @@ impl Log {
         );
         tokio::spawn(writer.run());
         Ok(Log {
-            inner: Arc::new(Inner { state, tx, config, dir }),
+            inner: Arc::new(Inner {
+                state,
+                tx,
+                config,
+                dir,
+            }),
         })
     }
 
@@ -376,7 +399,9 @@ impl Log {
         mutate: impl FnOnce(&mut State),
     ) -> Result<Ticket<T>, StorageError> {
         let permit = self.inner.tx.try_reserve().map_err(|e| match e {
-            mpsc::error::TrySendError::Full(()) => StorageError::QueueFull { ops_max: QUEUE_OPS_MAX },
+            mpsc::error::TrySendError::Full(()) => StorageError::QueueFull {
+                ops_max: QUEUE_OPS_MAX,
+            },
             mpsc::error::TrySendError::Closed(()) => StorageError::Closed,
         })?;
         mutate(st);
@@ -391,7 +416,10 @@ impl Log {
     pub fn append(&self, frames: Vec<FrameIn>) -> Result<Ticket<Position>, StorageError> {
         let max = self.inner.config.frame_payload_bytes_max;
         if let Some(f) = frames.iter().find(|f| f.payload.len() > max as usize) {
-            return Err(StorageError::FrameTooLarge { len: f.payload.len(), max });
+            return Err(StorageError::FrameTooLarge {
+                len: f.payload.len(),
+                max,
+            });
         }
         let mut guard = self.lock();
         let st = &mut *guard;
@@ -454,7 +482,12 @@ impl Log {
     /// Returns at least one frame if `from_index` is readable, even one larger than
     /// `max_bytes`. Errors: `IndexPurged` below [`Log::first_index`], `OutOfRange` at or past
     /// [`Log::next_index`], `Corrupt` if a frame fails its checksum.
-    pub async fn read(&self, from_index: u64, max_frames: usize, max_bytes: usize) -> Result<Vec<Frame>, StorageError> {
+    pub async fn read(
+        &self,
+        from_index: u64,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Frame>, StorageError> {
         let mut attempt = 0;
         loop {
             let plan = self.plan_read(from_index, max_frames.max(1))?;
@@ -477,17 +510,27 @@ impl Log {
             return Err(e);
         }
         if from < st.first_index {
-            return Err(StorageError::IndexPurged { index: from, first_index: st.first_index });
+            return Err(StorageError::IndexPurged {
+                index: from,
+                first_index: st.first_index,
+            });
         }
         if from >= st.next_index {
-            return Err(StorageError::OutOfRange { index: from, next_index: st.next_index });
+            return Err(StorageError::OutOfRange {
+                index: from,
+                next_index: st.next_index,
+            });
         }
         let end = st.next_index.min(from.saturating_add(max_frames as u64));
         let tail_start = st.tail.front().map_or(st.next_index, |t| t.frame.index);
         let file_end = end.min(tail_start);
         let mut segs = Vec::new();
         if from < file_end {
-            let first_base = st.segments.range(..=from).next_back().map_or(from, |(b, _)| *b);
+            let first_base = st
+                .segments
+                .range(..=from)
+                .next_back()
+                .map_or(from, |(b, _)| *b);
             for seg in st.segments.range(first_base..file_end).map(|(_, s)| s) {
                 let start = from.max(seg.base_index);
                 let stop = file_end.min(seg.next_index());
@@ -523,17 +566,27 @@ impl Log {
         })
     }
 
-    async fn execute_read(&self, plan: &ReadPlan, max_bytes: usize) -> Result<Vec<Frame>, StorageError> {
+    async fn execute_read(
+        &self,
+        plan: &ReadPlan,
+        max_bytes: usize,
+    ) -> Result<Vec<Frame>, StorageError> {
         let mut out: Vec<Frame> = Vec::new();
         let mut bytes = 0usize;
         let mut expect = plan.from;
-        let fits = |out: &Vec<Frame>, bytes: usize, len: usize| out.is_empty() || bytes + len <= max_bytes;
+        let fits =
+            |out: &Vec<Frame>, bytes: usize, len: usize| out.is_empty() || bytes + len <= max_bytes;
         for s in &plan.segs {
             let (mut idx, pos) = s.scan;
-            let mut cur = reader::Cursor::new(s.file.as_ref(), &s.path, pos, s.end_pos, plan.payload_max);
+            let mut cur =
+                reader::Cursor::new(s.file.as_ref(), &s.path, pos, s.end_pos, plan.payload_max);
             while idx < s.stop {
                 let Some(f) = cur.next().await? else {
-                    return Err(StorageError::corrupt(&s.path, cur.pos, format!("frame {idx} missing")));
+                    return Err(StorageError::corrupt(
+                        &s.path,
+                        cur.pos,
+                        format!("frame {idx} missing"),
+                    ));
                 };
                 if f.header.index != idx {
                     return Err(StorageError::corrupt(
@@ -581,14 +634,20 @@ impl Log {
             return Ok(None);
         }
         if offset < st.first_offset {
-            return Err(StorageError::OffsetPurged { offset, first_offset: st.first_offset });
+            return Err(StorageError::OffsetPurged {
+                offset,
+                first_offset: st.first_offset,
+            });
         }
         if let Some(front) = st.tail.front() {
             if offset >= front.frame.base_offset {
                 let j = st.tail.partition_point(|t| t.frame.base_offset <= offset);
                 if let Some(t) = j.checked_sub(1).and_then(|i| st.tail.get(i)) {
                     if offset < t.frame.base_offset + u64::from(t.frame.record_count) {
-                        return Ok(Some(Position { index: t.frame.index, offset: t.frame.base_offset }));
+                        return Ok(Some(Position {
+                            index: t.frame.index,
+                            offset: t.frame.base_offset,
+                        }));
                     }
                 }
             }
@@ -600,7 +659,10 @@ impl Log {
             }
             if let Some((index, base)) = seg.locate(offset) {
                 if index >= st.first_index && index < tail_start {
-                    return Ok(Some(Position { index, offset: base }));
+                    return Ok(Some(Position {
+                        index,
+                        offset: base,
+                    }));
                 }
             }
         }
@@ -624,19 +686,29 @@ impl Log {
         let st = &mut *guard;
         st.check_usable()?;
         if index < st.first_index {
-            return Err(StorageError::IndexPurged { index, first_index: st.first_index });
+            return Err(StorageError::IndexPurged {
+                index,
+                first_index: st.first_index,
+            });
         }
         if index >= st.next_index {
             return Ok(Ticket::ready(()));
         }
-        let offset = st.offset_of(index).ok_or_else(|| StorageError::InvalidArgument {
-            reason: format!("no offset known for index {index}"),
-        })?;
+        let offset = st
+            .offset_of(index)
+            .ok_or_else(|| StorageError::InvalidArgument {
+                reason: format!("no offset known for index {index}"),
+            })?;
         let epoch = st.epoch + 1;
         self.enqueue(
             st,
             (),
-            |reply| Op::Truncate { from: index, from_offset: offset, epoch, reply },
+            |reply| Op::Truncate {
+                from: index,
+                from_offset: offset,
+                epoch,
+                reply,
+            },
             |st| {
                 while st.tail.back().is_some_and(|t| t.frame.index >= index) {
                     if let Some(t) = st.tail.pop_back() {
@@ -662,15 +734,24 @@ impl Log {
             return Ok(Ticket::ready(()));
         }
         if index > st.next_index {
-            return Err(StorageError::OutOfRange { index, next_index: st.next_index });
+            return Err(StorageError::OutOfRange {
+                index,
+                next_index: st.next_index,
+            });
         }
-        let offset = st.offset_of(index).ok_or_else(|| StorageError::InvalidArgument {
-            reason: format!("no offset known for index {index}"),
-        })?;
+        let offset = st
+            .offset_of(index)
+            .ok_or_else(|| StorageError::InvalidArgument {
+                reason: format!("no offset known for index {index}"),
+            })?;
         self.enqueue(
             st,
             (),
-            |reply| Op::Purge { index, offset, reply },
+            |reply| Op::Purge {
+                index,
+                offset,
+                reply,
+            },
             |st| {
                 st.first_index = index;
                 st.first_offset = offset;
@@ -706,7 +787,10 @@ impl Log {
     /// appends: durable when the ticket resolves, never before earlier appends.
     pub fn put_meta(&self, bytes: Vec<u8>) -> Result<Ticket<()>, StorageError> {
         if bytes.len() > META_RECORD_BYTES_MAX {
-            return Err(StorageError::MetaTooLarge { len: bytes.len(), max: META_RECORD_BYTES_MAX });
+            return Err(StorageError::MetaTooLarge {
+                len: bytes.len(),
+                max: META_RECORD_BYTES_MAX,
+            });
         }
         let mut guard = self.lock();
         let st = &mut *guard;
@@ -743,7 +827,10 @@ impl Log {
     /// Index and base offset of the first readable frame (the next position if empty).
     pub fn first_position(&self) -> Position {
         let st = self.lock();
-        Position { index: st.first_index, offset: st.first_offset }
+        Position {
+            index: st.first_index,
+            offset: st.first_offset,
+        }
     }
 
     /// Highest index known to be fdatasync'd: every frame at or below it is durable
@@ -775,7 +862,11 @@ impl Log {
             if st.closed {
                 return Ok(());
             }
-            let permit = self.inner.tx.try_reserve().map_err(|_| StorageError::Closed);
+            let permit = self
+                .inner
+                .tx
+                .try_reserve()
+                .map_err(|_| StorageError::Closed);
             let (reply, rx) = oneshot::channel();
             match permit {
                 Ok(p) => p.send(Op::Close { reply }),

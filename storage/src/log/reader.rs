@@ -10,7 +10,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::frame::{decode_frame, decode_header, FrameError, FrameHeader, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES};
+use super::frame::{
+    decode_frame, decode_header, FrameError, FrameHeader, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES,
+};
 use crate::io::DiskFile;
 use crate::StorageError;
 
@@ -28,7 +30,10 @@ pub fn aligned(payload: Bytes) -> Bytes {
 /// Copies `data` into a fresh 16-byte-aligned allocation.
 pub fn copy_aligned(data: &[u8]) -> Bytes {
     let mut v = vec![0u8; data.len() + FRAME_ALIGN_BYTES];
-    let start = v.as_ptr().align_offset(FRAME_ALIGN_BYTES).min(FRAME_ALIGN_BYTES);
+    let start = v
+        .as_ptr()
+        .align_offset(FRAME_ALIGN_BYTES)
+        .min(FRAME_ALIGN_BYTES);
     v[start..start + data.len()].copy_from_slice(data);
     // `Bytes::from(Vec)` keeps the allocation, so the slice stays aligned.
     let b = Bytes::from(v).slice(start..start + data.len());
@@ -56,7 +61,13 @@ pub(crate) struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    pub(crate) fn new(file: &'a dyn DiskFile, path: &'a Path, pos: u64, end: u64, payload_max: u32) -> Self {
+    pub(crate) fn new(
+        file: &'a dyn DiskFile,
+        path: &'a Path,
+        pos: u64,
+        end: u64,
+        payload_max: u32,
+    ) -> Self {
         Cursor {
             file,
             path,
@@ -78,7 +89,10 @@ impl<'a> Cursor<'a> {
             return Err(StorageError::corrupt(
                 self.path,
                 self.pos,
-                format!("frame of {len} bytes extends past the end of data at {}", self.end),
+                format!(
+                    "frame of {len} bytes extends past the end of data at {}",
+                    self.end
+                ),
             ));
         }
         let (n, buf) = self
@@ -114,7 +128,8 @@ impl<'a> Cursor<'a> {
         let len = header.frame_len() as usize;
         self.ensure(len).await?;
         let at = (self.pos - self.window_pos) as usize;
-        let frame = decode_frame(&self.window[at..at + len], self.payload_max).map_err(|e| self.bad(e))?;
+        let frame =
+            decode_frame(&self.window[at..at + len], self.payload_max).map_err(|e| self.bad(e))?;
         let payload_len = frame.payload.len();
         let payload = aligned(
             self.window

@@ -51,7 +51,11 @@ pub(crate) fn encode_anchor(index: u64, offset: u64) -> [u8; 16] {
 
 fn decode_anchor(path: &Path, data: &[u8]) -> Result<(u64, u64), StorageError> {
     let (Some(i), Some(o)) = (data.get(..8), data.get(8..16)) else {
-        return Err(StorageError::corrupt(path, 0, "anchor record has the wrong length"));
+        return Err(StorageError::corrupt(
+            path,
+            0,
+            "anchor record has the wrong length",
+        ));
     };
     let mut a = [0u8; 8];
     a.copy_from_slice(i);
@@ -110,7 +114,9 @@ fn scan_segment(
                         format!("invalid frame in a sealed segment: {e}"),
                     ));
                 }
-                if let Some(later) = valid_frame_after(buf, pos + FRAME_ALIGN_BYTES, seg.next_index(), max) {
+                if let Some(later) =
+                    valid_frame_after(buf, pos + FRAME_ALIGN_BYTES, seg.next_index(), max)
+                {
                     return Err(StorageError::corrupt(
                         &seg.path,
                         pos as u64,
@@ -144,7 +150,10 @@ fn valid_frame_after(buf: &[u8], from: usize, min_index: u64, max: u32) -> Optio
 }
 
 async fn read_whole(file: &dyn DiskFile, path: &Path) -> Result<Vec<u8>, StorageError> {
-    let len = file.len().await.map_err(|e| StorageError::io("stat", path, e))?;
+    let len = file
+        .len()
+        .await
+        .map_err(|e| StorageError::io("stat", path, e))?;
     let len = usize::try_from(len).map_err(|_| StorageError::corrupt(path, 0, "file too large"))?;
     read_exact_at(file, len, 0)
         .await
@@ -152,7 +161,11 @@ async fn read_whole(file: &dyn DiskFile, path: &Path) -> Result<Vec<u8>, Storage
 }
 
 /// Opens and recovers the log in `dir`.
-pub(crate) async fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig) -> Result<Recovered, StorageError> {
+pub(crate) async fn recover(
+    disk: &dyn Disk,
+    dir: &Path,
+    config: &LogConfig,
+) -> Result<Recovered, StorageError> {
     disk.create_dir_all(dir)
         .await
         .map_err(|e| StorageError::io("create_dir_all", dir, e))?;
@@ -222,7 +235,10 @@ pub(crate) async fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig) -> 
     // Segments entirely below the anchor are leftovers of an interrupted purge.
     let below: Vec<u64> = segments
         .values()
-        .filter(|s| s.next_index() <= anchor_index && !(s.offsets.is_empty() && s.base_index == anchor_index))
+        .filter(|s| {
+            s.next_index() <= anchor_index
+                && !(s.offsets.is_empty() && s.base_index == anchor_index)
+        })
         .map(|s| s.base_index)
         .collect();
     for base in below {
@@ -231,7 +247,10 @@ pub(crate) async fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig) -> 
             dir_dirty = true;
         }
     }
-    let (first_index, first_offset, next_index, next_offset) = match (segments.values().next(), segments.values().next_back()) {
+    let (first_index, first_offset, next_index, next_offset) = match (
+        segments.values().next(),
+        segments.values().next_back(),
+    ) {
         (Some(first), Some(last)) => {
             if first.base_index > anchor_index {
                 return Err(StorageError::corrupt(
@@ -265,14 +284,23 @@ pub(crate) async fn recover(disk: &dyn Disk, dir: &Path, config: &LogConfig) -> 
     })
 }
 
-pub(crate) async fn remove_segment_files(disk: &dyn Disk, dir: &Path, path: &Path, base: u64) -> Result<(), StorageError> {
+pub(crate) async fn remove_segment_files(
+    disk: &dyn Disk,
+    dir: &Path,
+    path: &Path,
+    base: u64,
+) -> Result<(), StorageError> {
     disk.remove_file(path)
         .await
         .map_err(|e| StorageError::io("remove", path, e))?;
     remove_index_file(disk, dir, base).await
 }
 
-pub(crate) async fn remove_index_file(disk: &dyn Disk, dir: &Path, base: u64) -> Result<(), StorageError> {
+pub(crate) async fn remove_index_file(
+    disk: &dyn Disk,
+    dir: &Path,
+    base: u64,
+) -> Result<(), StorageError> {
     let ipath = dir.join(index_file_name(base));
     match disk.remove_file(&ipath).await {
         Ok(()) => Ok(()),
@@ -281,7 +309,10 @@ pub(crate) async fn remove_index_file(disk: &dyn Disk, dir: &Path, base: u64) ->
     }
 }
 
-async fn read_header(file: &dyn DiskFile, path: &Path) -> Result<Result<(u64, u64), String>, StorageError> {
+async fn read_header(
+    file: &dyn DiskFile,
+    path: &Path,
+) -> Result<Result<(u64, u64), String>, StorageError> {
     let (n, buf) = file
         .read_at(vec![0u8; SEGMENT_HEADER_BYTES as usize], 0)
         .await
@@ -303,7 +334,11 @@ async fn load_sealed(
         .await?
         .map_err(|r| StorageError::corrupt(path, 0, r))?;
     if hb != base {
-        return Err(StorageError::corrupt(path, 0, format!("segment header says base index {hb}")));
+        return Err(StorageError::corrupt(
+            path,
+            0,
+            format!("segment header says base index {hb}"),
+        ));
     }
     let ipath = dir.join(index_file_name(base));
     if !force_scan {
@@ -322,7 +357,12 @@ async fn load_sealed(
         }
     }
     let buf = read_whole(file.as_ref(), path).await?;
-    let scan = scan_segment(&buf, Segment::new(base, ho, path.to_path_buf(), file), config, false)?;
+    let scan = scan_segment(
+        &buf,
+        Segment::new(base, ho, path.to_path_buf(), file),
+        config,
+        false,
+    )?;
     write_index(disk, dir, &scan.seg).await;
     Ok(scan.seg)
 }
@@ -334,7 +374,10 @@ async fn load_index(
     base: u64,
     base_offset: u64,
 ) -> Result<IndexData, String> {
-    let f = disk.open(ipath, false).await.map_err(|e| format!("cannot open: {e}"))?;
+    let f = disk
+        .open(ipath, false)
+        .await
+        .map_err(|e| format!("cannot open: {e}"))?;
     let len = f.len().await.map_err(|e| e.to_string())?;
     let buf = read_exact_at(f.as_ref(), len as usize, 0)
         .await
@@ -386,7 +429,12 @@ async fn recover_tail(
     let (hb, ho) = match decode_segment_header(&buf) {
         Ok(h) => h,
         Err(reason) => {
-            if let Some(at) = valid_frame_after(&buf, SEGMENT_HEADER_BYTES as usize, 0, config.frame_payload_bytes_max) {
+            if let Some(at) = valid_frame_after(
+                &buf,
+                SEGMENT_HEADER_BYTES as usize,
+                0,
+                config.frame_payload_bytes_max,
+            ) {
                 return Err(StorageError::corrupt(
                     path,
                     0,
@@ -399,11 +447,20 @@ async fn recover_tail(
         }
     };
     if hb != base {
-        return Err(StorageError::corrupt(path, 0, format!("segment header says base index {hb}")));
+        return Err(StorageError::corrupt(
+            path,
+            0,
+            format!("segment header says base index {hb}"),
+        ));
     }
     // A stale index of the tail segment must not be trusted later; it is rewritten on seal.
     remove_index_file(disk, dir, base).await?;
-    let scan = scan_segment(&buf, Segment::new(base, ho, path.to_path_buf(), file.clone()), config, true)?;
+    let scan = scan_segment(
+        &buf,
+        Segment::new(base, ho, path.to_path_buf(), file.clone()),
+        config,
+        true,
+    )?;
     if let Some(at) = scan.torn_at {
         tracing::warn!(
             path = %path.display(),
@@ -411,8 +468,12 @@ async fn recover_tail(
             next_index = scan.seg.next_index(),
             "truncating a torn tail"
         );
-        file.set_len(at).await.map_err(|e| StorageError::io("truncate", path, e))?;
-        file.sync_data().await.map_err(|e| StorageError::io("fdatasync", path, e))?;
+        file.set_len(at)
+            .await
+            .map_err(|e| StorageError::io("truncate", path, e))?;
+        file.sync_data()
+            .await
+            .map_err(|e| StorageError::io("fdatasync", path, e))?;
     }
     Ok(Some(scan.seg))
 }

@@ -95,7 +95,12 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    pub(crate) fn new(base_index: u64, base_offset: u64, path: PathBuf, file: Arc<dyn DiskFile>) -> Self {
+    pub(crate) fn new(
+        base_index: u64,
+        base_offset: u64,
+        path: PathBuf,
+        file: Arc<dyn DiskFile>,
+    ) -> Self {
         Segment {
             base_index,
             base_offset,
@@ -113,7 +118,15 @@ impl Segment {
     }
 
     /// Registers a frame written at `pos` with on-disk length `len`.
-    pub(crate) fn push_frame(&mut self, index: u64, offset: u64, count: u32, pos: u64, len: u64, interval: u32) {
+    pub(crate) fn push_frame(
+        &mut self,
+        index: u64,
+        offset: u64,
+        count: u32,
+        pos: u64,
+        len: u64,
+        interval: u32,
+    ) {
         debug_assert_eq!(index, self.next_index());
         self.offsets.push(offset);
         self.end_offset = offset + u64::from(count);

@@ -18,7 +18,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{encode_frame, frame_len};
-use super::recovery::{encode_anchor, remove_index_file, remove_segment_files, segment_path, write_index};
+use super::recovery::{
+    encode_anchor, remove_index_file, remove_segment_files, segment_path, write_index,
+};
 use super::segment::{encode_segment_header, Segment, SEGMENT_HEADER_BYTES};
 use super::{LogConfig, Position, State};
 use crate::io::{Disk, DiskFile};
@@ -178,14 +180,23 @@ impl Writer {
                     let r = self.check(r, "meta write");
                     let _ = reply.send(r);
                 }
-                Op::Truncate { from, from_offset, epoch, reply } => {
+                Op::Truncate {
+                    from,
+                    from_offset,
+                    epoch,
+                    reply,
+                } => {
                     let r = self.truncate(from, from_offset).await;
                     let r = self.check(r, "truncate");
                     self.epoch = epoch;
                     self.publish_durable();
                     let _ = reply.send(r);
                 }
-                Op::Purge { index, offset, reply } => {
+                Op::Purge {
+                    index,
+                    offset,
+                    reply,
+                } => {
                     let r = self.purge(index, offset).await;
                     let r = self.check(r, "purge");
                     let _ = reply.send(r);
@@ -256,7 +267,13 @@ impl Writer {
         let mut last_id = None;
         let mut replies = Vec::with_capacity(ops.len());
         for op in ops {
-            if let Op::Append { frames, last_id: id, reply, .. } = op {
+            if let Op::Append {
+                frames,
+                last_id: id,
+                reply,
+                ..
+            } = op
+            {
                 last = frames.last().map(|f| f.index).or(last);
                 last_id = Some(id);
                 replies.push(reply);
@@ -282,7 +299,14 @@ impl Writer {
     async fn write_group(&mut self, ops: &[Op]) -> Result<(), StorageError> {
         let mut chunk: Option<Chunk> = None;
         for op in ops {
-            let Op::Append { frames, base_offset, .. } = op else { continue };
+            let Op::Append {
+                frames,
+                base_offset,
+                ..
+            } = op
+            else {
+                continue;
+            };
             let mut offset = *base_offset;
             for f in frames {
                 let len = frame_len(f.payload.len()) as u64;
@@ -324,7 +348,9 @@ impl Writer {
 
     /// Writes and fdatasyncs one chunk to the active segment, then registers its frames.
     async fn flush(&mut self, c: Chunk) -> Result<(), StorageError> {
-        let Some(a) = &self.active else { return Err(StorageError::Closed) };
+        let Some(a) = &self.active else {
+            return Err(StorageError::Closed);
+        };
         let (file, path, base) = (a.file.clone(), a.path.clone(), a.base);
         let mut buf = file
             .write_all_at_and_sync(c.buf, c.pos)
@@ -368,15 +394,18 @@ impl Writer {
             .await
             .map_err(|e| StorageError::io("create", &path, e))?;
         // A leftover file of the same name (e.g. from a truncation) must not keep old bytes.
-        file.set_len(0).await.map_err(|e| StorageError::io("truncate", &path, e))?;
+        file.set_len(0)
+            .await
+            .map_err(|e| StorageError::io("truncate", &path, e))?;
         if self.config.preallocate {
             file.allocate(self.config.segment_bytes_max)
                 .await
                 .map_err(|e| StorageError::io("fallocate", &path, e))?;
         }
-        self.lock()
-            .segments
-            .insert(base, Segment::new(base, base_offset, path.clone(), file.clone()));
+        self.lock().segments.insert(
+            base,
+            Segment::new(base, base_offset, path.clone(), file.clone()),
+        );
         let mut buf = std::mem::take(&mut self.spare);
         buf.extend_from_slice(&encode_segment_header(base, base_offset));
         self.active = Some(Active {
@@ -491,7 +520,9 @@ impl Writer {
             self.delete_segment(base).await?;
         }
         self.sync_dir().await?;
-        self.anchor.write(&encode_anchor(next.index, next.offset)).await?;
+        self.anchor
+            .write(&encode_anchor(next.index, next.offset))
+            .await?;
         // Everything before the reset point is, by definition, settled.
         self.file_durable = next.index.checked_sub(1);
         Ok(())
