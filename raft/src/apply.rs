@@ -217,6 +217,13 @@ impl GroupStateMachine {
 
     fn update_hints(&self) {
         let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        // Also on open: a snapshot installed just before a crash can be ahead of the log, and
+        // openraft then purges the log up to it on start.
+        *self
+            .hints
+            .applied_position
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = s.last_applied.map(|l| (l.index, s.next_offset));
         if let GroupData::Partition(p) = &s.data {
             self.hints
                 .retention_floor_offset
@@ -318,13 +325,6 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         state.membership = meta.last_membership.clone();
         self.snapshot_seq += 1;
         self.snapshots.save(self.snapshot_seq, &snapshot).await?;
-        if let Some(last) = meta.last_log_id {
-            *self
-                .hints
-                .snapshot_position
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some((last.index, state.next_offset));
-        }
         let next = state.next_offset;
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
         self.applied_tx.send_replace(next);

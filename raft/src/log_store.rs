@@ -15,6 +15,12 @@
 //!   and learns the rest from the leader. Writing it on every commit would double the fsyncs.
 //! - `purge` is clamped by the retention floor: a partition keeps every frame that holds a task
 //!   some group still needs, even when openraft considers it purged (it never reads it again).
+//! - Restarting the log at an index past its end (`purge` past the last entry, or the first
+//!   `append` to an empty log at a later index) takes the next offset from the state machine's
+//!   applied position when it is at that index. openraft only does this right after a snapshot
+//!   install or on start with the state machine ahead of the log, where it always matches; the
+//!   storage conformance suite does it with no state behind it, where the log falls back to
+//!   its own next offset (and warns: the skipped entries' record counts are unknown).
 
 use std::fmt::Debug;
 use std::io;
@@ -51,8 +57,11 @@ struct RaftMeta {
 pub struct LogHints {
     /// Lowest task offset any group still needs (u64::MAX: nothing to keep, e.g. metadata).
     pub retention_floor_offset: AtomicU64,
-    /// `(index, next_offset)` of the last snapshot installed into the state machine.
-    pub snapshot_position: Mutex<Option<(u64, u64)>>,
+    /// `(index, next_offset)` of the state machine's applied state: the last entry applied,
+    /// snapshot installed or snapshot loaded on open. The log restarts after it when openraft
+    /// purges past the end of the log (after a snapshot install, or on start when the state
+    /// machine is ahead of the log).
+    pub applied_position: Mutex<Option<(u64, u64)>>,
 }
 
 impl LogHints {
@@ -156,6 +165,29 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// The offset at which the log restarts when its next entry is `index`, past its end.
+    fn restart_offset(&self, index: u64) -> u64 {
+        let applied = *self
+            .hints
+            .applied_position
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match applied {
+            Some((applied_index, next_offset)) if applied_index + 1 == index => next_offset,
+            _ => {
+                tracing::warn!(
+                    dir = %self.log.dir().display(),
+                    index,
+                    ?applied,
+                    "restarting the log past its end without the state machine there; offsets continue from the log's end"
+                );
+                self.log.next_offset()
+            }
+        }
+    }
+}
+
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
     let start = match range.start_bound() {
         Bound::Included(&s) => s,
@@ -229,8 +261,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut frames = Vec::new();
         let mut last = None;
+        let mut restart = None;
         for entry in entries {
-            let expected = self.log.next_index() + frames.len() as u64;
+            // Only an empty log may restart at a later index (see the module docs).
+            if frames.is_empty()
+                && entry.index() > self.log.next_index()
+                && self.log.first_index() == self.log.next_index()
+            {
+                restart = Some(entry.index());
+            }
+            let expected = restart.unwrap_or_else(|| self.log.next_index()) + frames.len() as u64;
             if entry.index() != expected {
                 return Err(io_err(format!(
                     "append out of order: entry {} but log expects {}",
@@ -244,6 +284,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if frames.is_empty() {
             callback.io_completed(Ok(()));
             return Ok(());
+        }
+        if let Some(index) = restart {
+            // Ordered before the append in the log's IO queue: durable when the append is.
+            let offset = self.restart_offset(index);
+            drop(self.log.reset(Position { index, offset }).map_err(io_err)?);
         }
         let ticket = self.log.append(frames).map_err(io_err)?;
         self.lock().last_log_id = last;
@@ -263,7 +308,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         {
             let mut inner = self.lock();
-            inner.last_log_id = last_log_id.or(inner.meta.last_purged);
+            match last_log_id {
+                // Truncating after an id at or past the last entry keeps the log as it is.
+                Some(id) => {
+                    if inner.last_log_id.is_some_and(|l| l.index > id.index) {
+                        inner.last_log_id = Some(id);
+                    }
+                }
+                None => inner.last_log_id = inner.meta.last_purged,
+            }
         }
         ticket.await.map_err(io_err)
     }
@@ -281,24 +334,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let upto = log_id.index + 1;
         if upto > self.log.next_index() {
             // A snapshot was installed past our end: restart the log after it.
-            let hint = *self
-                .hints
-                .snapshot_position
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let next_offset = match hint {
-                Some((index, offset)) if index == log_id.index => offset,
-                _ => {
-                    return Err(io_err(format!(
-                        "purge to {log_id} past the log end without a snapshot position"
-                    )))
-                }
-            };
             let ticket = self
                 .log
                 .reset(Position {
                     index: upto,
-                    offset: next_offset,
+                    offset: self.restart_offset(upto),
                 })
                 .map_err(io_err)?;
             return ticket.await.map_err(io_err);
