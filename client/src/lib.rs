@@ -5,10 +5,10 @@
 //! | Module | What it holds |
 //! |---|---|
 //! | [`batch`] | The record-batch wire format: encoded once by a producer, validated by the broker, stored and served unchanged. Sans-IO and fuzzed. |
+//! | [`proto`] | The client API: the tarpc `BrokerApi` service, its messages and typed error codes (`ApiError::is_retryable`). |
 //! | [`transport`] | The network seam (`Transport`/`Listener`, the tokio TCP implementation) and the connection preamble. Shared with `raft` and `node`; simulations plug in turmoil. |
 //!
-//! To come (see the project's DESIGN.md): `proto/` (tarpc service traits, messages, error codes
-//! with `is_retryable()`) and the worker and producer client built on them.
+//! To come (see the project's DESIGN.md): the worker and producer client built on `proto`.
 //!
 //! # Design notes
 //!
@@ -16,4 +16,5 @@
 //! agree on the wire format by linking the same code.
 
 pub mod batch;
+pub mod proto;
 pub mod transport;

@@ -1,1 +1,139 @@
-//! taskbroker node (under construction).
+//! taskbroker-node: the `taskbroker` binary's library: a node of a taskbroker cluster.
+//!
+//! # Module map
+//!
+//! | Module | What it holds |
+//! |---|---|
+//! | [`config`] | settings from flags, TOML and `TASKBROKER_*` variables, validated |
+//! | [`env`] | the real seams (tokio TCP, the disk backend) handed to [`run`] |
+//! | [`identity`] | the data directory's identity record (which node, which cluster) |
+//! | [`server`] | the accept loop: one address carries client API and Raft connections |
+//! | [`controller`] | cluster bootstrap of the metadata group |
+//! | [`http`] | `/health`, `/ready`, `/metrics` |
+//! | [`cli`] | subcommands of the binary (`serve`, `local`) |
+//!
+//! Status: the node forms and resumes a replicated metadata group and serves health and
+//! metrics; the task API (produce/fetch/ack), topic management and the web UI are not built yet.
+
+pub mod cli;
+pub mod config;
+pub mod controller;
+pub mod env;
+pub mod http;
+pub mod identity;
+pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use taskbroker_raft::{RaftNode, RaftNodeConfig, RaftTiming};
+use taskbroker_storage::LogConfig;
+
+use crate::config::NodeConfig;
+use crate::env::Env;
+
+/// Errors that stop a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Bad settings.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The data directory belongs to another node or cluster, or cannot be used.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// Replication layer failure.
+    #[error(transparent)]
+    Raft(#[from] taskbroker_raft::RaftError),
+    /// Storage failure.
+    #[error(transparent)]
+    Storage(#[from] taskbroker_storage::StorageError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs a node until `shutdown` resolves, then stops it gracefully: stop accepting, hand off
+/// leadership where it can, flush the logs.
+pub async fn run(
+    config: NodeConfig,
+    env: Env,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    identity::check_or_create(&env.disk, &config).await?;
+    let raft = RaftNode::new(
+        RaftNodeConfig {
+            id: config.node_id,
+            data_dir: config.data_dir.clone(),
+            timing: RaftTiming {
+                heartbeat_interval_ms: config.heartbeat_interval_ms,
+                election_timeout_min_ms: config.election_timeout_min_ms,
+                election_timeout_max_ms: config.election_timeout_max_ms,
+                ..RaftTiming::default()
+            },
+            log: LogConfig::default(),
+        },
+        env.disk.clone(),
+        env.transport.clone(),
+    );
+    let listener = env
+        .transport
+        .bind(&config.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let raft_listener = match &config.raft_listen {
+        Some(addr) => Some(
+            env.transport
+                .bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: addr.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let metrics = Arc::new(http::Metrics::new(env.disk.kind()));
+    let server = server::Server::new(raft.clone(), metrics.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(server.clone().accept_loop(listener));
+    if let Some(l) = raft_listener {
+        tasks.spawn(server.clone().accept_loop(l));
+    }
+    let meta = controller::bootstrap(&raft, &config).await?;
+    let http_state = http::HttpState {
+        raft: raft.clone(),
+        metrics,
+        node_id: config.node_id,
+    };
+    let http_listener = tokio::net::TcpListener::bind(&config.http)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: config.http.clone(),
+            source,
+        })?;
+    tasks.spawn(http::serve(http_listener, http_state));
+    tracing::info!(
+        node = config.node_id,
+        listen = %config.listen,
+        http = %config.http,
+        backend = %env.disk.kind(),
+        "taskbroker node started"
+    );
+    shutdown.await;
+    tracing::info!(node = config.node_id, "shutting down");
+    // Hand off leadership of every group this node leads, so clients fail over at once.
+    controller::hand_off_leadership(&raft, &config).await;
+    tasks.abort_all();
+    drop(meta);
+    raft.shutdown().await;
+    tracing::info!(node = config.node_id, "stopped");
+    Ok(())
+}

@@ -98,7 +98,7 @@ impl GroupState {
             (Command::Produce { batch, now_ms }, GroupData::Partition(p)) => {
                 let base = self.next_offset;
                 let owned;
-                let bytes: &[u8] = if (batch.as_ptr() as usize) % 16 == 0 {
+                let bytes: &[u8] = if (batch.as_ptr() as usize).is_multiple_of(16) {
                     batch
                 } else {
                     owned = aligned_copy(batch);

@@ -1,4 +1,5 @@
 //! In-process 3-node clusters over real loopback TCP with the std disk backend.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

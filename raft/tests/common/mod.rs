@@ -1,5 +1,6 @@
 //! Shared harness: in-process taskbroker-raft nodes over a [`Transport`].
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
