@@ -112,6 +112,19 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
     fn remove_file(&self, path: &Path) -> IoFuture<'_, ()>;
     /// Makes creations and removals in directory `path` durable.
     fn sync_dir(&self, path: &Path) -> IoFuture<'_, ()>;
+    /// Atomically renames `from` to `to` (same directory), replacing `to` if it exists.
+    /// Open handles stay valid. Durable after `sync_dir` of the parent. Backends that cannot
+    /// rename return `ErrorKind::Unsupported` (the default), and the log then creates new
+    /// segments in place instead of renaming a pre-zeroed spare.
+    fn rename(&self, from: &Path, to: &Path) -> IoFuture<'_, ()> {
+        let _ = (from, to);
+        Box::pin(async {
+            Err(::std::io::Error::new(
+                ::std::io::ErrorKind::Unsupported,
+                "rename is not supported by this disk backend",
+            ))
+        })
+    }
 }
 
 /// An open file with positional, owned-buffer I/O.

@@ -2,7 +2,7 @@
 //!
 //! Each file has *durable* content plus a list of unsynced operations (writes, length
 //! changes). [`DiskFile::sync_data`] makes them durable. Directory entries (creations,
-//! removals) become durable only after [`Disk::sync_dir`] of their directory.
+//! removals, renames) become durable only after [`Disk::sync_dir`] of their directory.
 //! [`SimDisk::crash`] simulates power loss: every file keeps a seeded-random prefix of its
 //! unsynced operations (the last kept write possibly torn at a random byte), non-durable
 //! creations vanish and non-durable removals come back. Handles opened before a crash fail
@@ -302,6 +302,21 @@ impl Disk for SimDisk {
                 .map(|(p, id)| (p.clone(), *id))
                 .collect();
             st.durable.extend(entries);
+            Ok(())
+        })
+    }
+    fn rename(&self, from: &Path, to: &Path) -> IoFuture<'_, ()> {
+        let (from, to) = (from.to_path_buf(), to.to_path_buf());
+        Box::pin(async move {
+            self.delay().await;
+            let mut st = self.lock();
+            if !st.dirs.contains(&parent(&to)) {
+                return Err(not_found(&parent(&to)));
+            }
+            let Some(id) = st.current.remove(&from) else {
+                return Err(not_found(&from));
+            };
+            st.current.insert(to, id);
             Ok(())
         })
     }

@@ -74,6 +74,10 @@ impl Disk for StdDisk {
         let path = path.to_path_buf();
         Box::pin(blocking(move || File::open(path)?.sync_all()))
     }
+    fn rename(&self, from: &Path, to: &Path) -> IoFuture<'_, ()> {
+        let (from, to) = (from.to_path_buf(), to.to_path_buf());
+        Box::pin(blocking(move || std::fs::rename(from, to)))
+    }
 }
 
 pub(crate) fn list_dir_sync(path: &Path) -> std::io::Result<Vec<String>> {

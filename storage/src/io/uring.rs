@@ -275,6 +275,10 @@ impl Disk for UringDisk {
         let path = path.to_path_buf();
         Box::pin(blocking(move || std::fs::File::open(path)?.sync_all()))
     }
+    fn rename(&self, from: &Path, to: &Path) -> IoFuture<'_, ()> {
+        let (from, to) = (from.to_path_buf(), to.to_path_buf());
+        Box::pin(blocking(move || std::fs::rename(from, to)))
+    }
 }
 
 /// A file of the io_uring backend.

@@ -10,8 +10,20 @@
 //! queued and later operation fails (fail-stop: after a failed fsync the kernel may have
 //! dropped the dirty pages, so a retry could "succeed" without the data).
 //! A segment is fdatasync'd before the next one is created, so a sealed segment is complete.
+//!
+//! *Pre-zeroed segments* (`LogConfig::preallocate`): a new segment is not created in place but
+//! renamed from a spare file ([`SPARE_FILE_NAME`]) that was filled with zeros and fdatasync'd
+//! beforehand — in a background task started when the active segment is half full, or inline
+//! for a log's first segment. Appends then overwrite allocated, already-written blocks at a
+//! fixed file size, so each group's fdatasync flushes data only, with no extent conversion or
+//! size change to commit to the filesystem journal. Crash safety: the spare's name is not a
+//! segment name, so recovery never reads it; it is renamed only after its zeros are durable;
+//! a renamed segment whose header is not yet durable reads as an all-zero (torn, never
+//! written) tail segment, which recovery removes; an all-zero frame header is the end of data.
+//! Every writer deletes and recreates the spare before zeroing it, so a stale or half-zeroed
+//! spare left by a crash (or by a writer that is still shutting down) is never used.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -28,6 +40,44 @@ use crate::meta::SlotFile;
 use crate::StorageError;
 
 type Reply = oneshot::Sender<Result<(), StorageError>>;
+
+/// Name of the pre-zeroed spare segment in a log directory. Not a segment name
+/// (`<20 digits>.log`), so recovery and `list_dir` scans of segments ignore it.
+pub(crate) const SPARE_FILE_NAME: &str = "next-segment.spare";
+/// Bytes of zeros per write while pre-zeroing a spare: bounds the zero buffer.
+const ZERO_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// The pre-zeroed spare segment.
+#[derive(Debug)]
+enum Spare {
+    /// None on disk (or not usable).
+    Absent,
+    /// Being zeroed by a background task.
+    Preparing(tokio::task::JoinHandle<std::io::Result<()>>),
+    /// Zeroed to `segment_bytes_max` and fdatasync'd.
+    Ready,
+}
+
+/// Deletes any old `path`, creates it afresh and fills it with `len` zeros, then
+/// fdatasyncs it. A fresh inode means a writer that is still running elsewhere on an old
+/// handle can never write into the file this writer will use.
+async fn prepare_spare(disk: Arc<dyn Disk>, path: PathBuf, len: u64) -> std::io::Result<()> {
+    match disk.remove_file(&path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let file = disk.open(&path, true).await?;
+    let mut zeros = vec![0u8; ZERO_CHUNK_BYTES.min(len) as usize];
+    let mut pos = 0;
+    while pos < len {
+        let n = ZERO_CHUNK_BYTES.min(len - pos) as usize;
+        zeros.truncate(n);
+        zeros = file.write_all_at(zeros, pos).await?;
+        pos += n as u64;
+    }
+    file.sync_data().await
+}
 
 /// A frame waiting to be written.
 #[derive(Debug)]
@@ -121,7 +171,12 @@ pub(crate) struct Writer {
     file_durable: Option<u64>,
     /// Epoch of the last truncate/reset processed.
     epoch: u64,
-    spare: Vec<u8>,
+    /// A cleared buffer to encode the next group into (reused, not reallocated).
+    spare_buf: Vec<u8>,
+    /// The pre-zeroed next segment.
+    spare: Spare,
+    /// The disk cannot rename: create segments in place (fallocate) instead.
+    rename_unsupported: bool,
 }
 
 impl Writer {
@@ -152,7 +207,9 @@ impl Writer {
             deferred: None,
             file_durable,
             epoch: 0,
-            spare: Vec::new(),
+            spare_buf: Vec::new(),
+            spare: Spare::Absent,
+            rename_unsupported: false,
         }
     }
 
@@ -166,7 +223,10 @@ impl Writer {
                 Some(op) => op,
                 None => match self.rx.recv().await {
                     Some(op) => op,
-                    None => return,
+                    None => {
+                        self.settle_spare().await;
+                        return;
+                    }
                 },
             };
             if let Some(e) = self.lock().poison_error() {
@@ -214,6 +274,12 @@ impl Writer {
                         if let Some(seg) = seg {
                             write_index(self.disk.as_ref(), &self.dir, &seg).await;
                         }
+                    }
+                    // No I/O of this log may still be in flight once `close` returns.
+                    self.settle_spare().await;
+                    if matches!(self.spare, Spare::Ready) {
+                        // Reclaim the space; the next writer zeroes a fresh spare anyway.
+                        let _ = self.disk.remove_file(&self.spare_path()).await;
                     }
                     let _ = reply.send(Ok(()));
                     return;
@@ -326,7 +392,7 @@ impl Writer {
                     return Err(StorageError::Closed);
                 };
                 let c = c.get_or_insert_with(|| Chunk {
-                    buf: std::mem::take(&mut self.spare),
+                    buf: std::mem::take(&mut self.spare_buf),
                     pos: a.pos,
                     regs: Vec::new(),
                     created: false,
@@ -372,7 +438,8 @@ impl Writer {
             }
         }
         buf.clear();
-        self.spare = buf;
+        self.spare_buf = buf;
+        self.maybe_start_spare();
         Ok(())
     }
 
@@ -386,27 +453,116 @@ impl Writer {
         }
     }
 
-    async fn create_segment(&mut self, base: u64, base_offset: u64) -> Result<Chunk, StorageError> {
-        let path = segment_path(&self.dir, base);
+    fn spare_path(&self) -> PathBuf {
+        self.dir.join(SPARE_FILE_NAME)
+    }
+
+    fn spare_wanted(&self) -> bool {
+        self.config.preallocate && !self.rename_unsupported
+    }
+
+    /// Starts zeroing the next segment in the background once the active one is half full.
+    fn maybe_start_spare(&mut self) {
+        let half_full = self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.pos >= self.config.segment_bytes_max / 2);
+        if half_full && self.spare_wanted() && matches!(self.spare, Spare::Absent) {
+            let task = prepare_spare(
+                self.disk.clone(),
+                self.spare_path(),
+                self.config.segment_bytes_max,
+            );
+            self.spare = Spare::Preparing(tokio::spawn(task));
+        }
+    }
+
+    /// Waits for a background zeroing task, if any, to finish.
+    async fn settle_spare(&mut self) {
+        if let Spare::Preparing(task) = std::mem::replace(&mut self.spare, Spare::Absent) {
+            self.spare = match task.await {
+                Ok(Ok(())) => Spare::Ready,
+                Ok(Err(e)) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot pre-zero the next segment");
+                    Spare::Absent
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "the pre-zeroing task failed");
+                    Spare::Absent
+                }
+            };
+        }
+    }
+
+    /// Renames the (waited for, or zeroed now) spare to `path`; `None` if there is none.
+    async fn take_spare(&mut self, path: &Path) -> Result<Option<Arc<dyn DiskFile>>, StorageError> {
+        if !self.spare_wanted() {
+            return Ok(None);
+        }
+        self.settle_spare().await;
+        if matches!(self.spare, Spare::Absent) {
+            // No spare yet (a new log, or after a reset): zero this segment inline, once.
+            let r = prepare_spare(
+                self.disk.clone(),
+                self.spare_path(),
+                self.config.segment_bytes_max,
+            )
+            .await;
+            match r {
+                Ok(()) => self.spare = Spare::Ready,
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot pre-zero a segment; creating it in place");
+                    return Ok(None);
+                }
+            }
+        }
+        self.spare = Spare::Absent;
+        let spare = self.spare_path();
+        match self.disk.rename(&spare, path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                tracing::warn!(dir = %self.dir.display(), "the disk cannot rename; segments are created in place");
+                self.rename_unsupported = true;
+                return Ok(None);
+            }
+            Err(e) => return Err(StorageError::io("rename", &spare, e)),
+        }
         let file = self
             .disk
-            .open(&path, true)
+            .open(path, false)
             .await
-            .map_err(|e| StorageError::io("create", &path, e))?;
-        // A leftover file of the same name (e.g. from a truncation) must not keep old bytes.
-        file.set_len(0)
-            .await
-            .map_err(|e| StorageError::io("truncate", &path, e))?;
-        if self.config.preallocate {
-            file.allocate(self.config.segment_bytes_max)
-                .await
-                .map_err(|e| StorageError::io("fallocate", &path, e))?;
-        }
+            .map_err(|e| StorageError::io("open", path, e))?;
+        Ok(Some(file))
+    }
+
+    async fn create_segment(&mut self, base: u64, base_offset: u64) -> Result<Chunk, StorageError> {
+        let path = segment_path(&self.dir, base);
+        // The rename replaces a leftover file of the same name (e.g. from a truncation).
+        let file = match self.take_spare(&path).await? {
+            Some(file) => file,
+            None => {
+                let file = self
+                    .disk
+                    .open(&path, true)
+                    .await
+                    .map_err(|e| StorageError::io("create", &path, e))?;
+                // A leftover file of the same name must not keep old bytes.
+                file.set_len(0)
+                    .await
+                    .map_err(|e| StorageError::io("truncate", &path, e))?;
+                if self.config.preallocate {
+                    file.allocate(self.config.segment_bytes_max)
+                        .await
+                        .map_err(|e| StorageError::io("fallocate", &path, e))?;
+                }
+                file
+            }
+        };
         self.lock().segments.insert(
             base,
             Segment::new(base, base_offset, path.clone(), file.clone()),
         );
-        let mut buf = std::mem::take(&mut self.spare);
+        let mut buf = std::mem::take(&mut self.spare_buf);
         buf.extend_from_slice(&encode_segment_header(base, base_offset));
         self.active = Some(Active {
             base,

@@ -115,4 +115,23 @@ pub async fn disk_conformance(disk: Arc<dyn Disk>, dir: &Path) {
             .expect("read");
         assert!(got.iter().all(|x| *x == i as u8));
     }
+
+    // rename replaces the target, keeps open handles valid and content intact
+    let c = disk.open(&sub.join("c.spare"), true).await.expect("create");
+    c.write_all_at(b"spare".to_vec(), 0).await.expect("write");
+    c.sync_data().await.expect("sync");
+    disk.rename(&sub.join("c.spare"), &sub.join("b.log"))
+        .await
+        .expect("rename over an existing file");
+    assert!(disk
+        .rename(&sub.join("c.spare"), &sub.join("d.log"))
+        .await
+        .is_err());
+    disk.sync_dir(&sub).await.expect("sync_dir");
+    assert_eq!(disk.list_dir(&sub).await.expect("list"), vec!["b.log"]);
+    c.write_all_at(b"S".to_vec(), 0).await.expect("write via old handle");
+    let renamed = disk.open(&sub.join("b.log"), false).await.expect("open");
+    assert_eq!(renamed.len().await.expect("len"), 5);
+    let (_, got) = renamed.read_at(vec![0u8; 5], 0).await.expect("read");
+    assert_eq!(got, b"Spare");
 }
