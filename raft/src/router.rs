@@ -445,6 +445,7 @@ impl RaftNode {
             group,
             self.peers.clone(),
             Duration::from_millis(self.config.timing.snapshot_timeout_ms),
+            Duration::from_millis(self.config.timing.rpc_timeout_ms),
         );
         let config = Arc::new(self.openraft_config(group)?);
         let raft = typ::Raft::new(self.config.id, config, network, log_store, sm)

@@ -66,7 +66,14 @@ pub enum PeerError {
 struct Peer {
     addr: String,
     client: Option<RaftRpcClient>,
+    /// Calls that timed out in a row on the current connection.
+    timeouts_in_row: u32,
 }
+
+/// Timeouts in a row after which a connection is presumed dead and replaced. One slow answer
+/// does not mean a broken stream (tarpc multiplexes every group's calls on it), so a single
+/// timeout must not tear down the connection all groups share.
+const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 
 /// The outgoing connections of one node to its peers.
 #[derive(Clone)]
@@ -98,6 +105,7 @@ impl Peers {
                 Arc::new(tokio::sync::Mutex::new(Peer {
                     addr: addr.to_string(),
                     client: None,
+                    timeouts_in_row: 0,
                 }))
             })
             .clone()
@@ -142,7 +150,25 @@ impl Peers {
     /// Drops the connection to `node` so the next call reconnects.
     async fn reset(&self, node: NodeId, addr: &str) {
         let peer = self.peer(node, addr);
-        peer.lock().await.client = None;
+        let mut p = peer.lock().await;
+        p.client = None;
+        p.timeouts_in_row = 0;
+    }
+
+    /// Counts a timeout; replaces the connection after [`TIMEOUTS_BEFORE_RECONNECT`] in a row.
+    async fn note_timeout(&self, node: NodeId, addr: &str) {
+        let peer = self.peer(node, addr);
+        let mut p = peer.lock().await;
+        p.timeouts_in_row += 1;
+        if p.timeouts_in_row >= TIMEOUTS_BEFORE_RECONNECT {
+            p.client = None;
+            p.timeouts_in_row = 0;
+        }
+    }
+
+    async fn note_success(&self, node: NodeId, addr: &str) {
+        let peer = self.peer(node, addr);
+        peer.lock().await.timeouts_in_row = 0;
     }
 
     /// Runs one RPC to `node` with a deadline; drops the connection on transport failure or
@@ -163,7 +189,7 @@ impl Peers {
         ctx.deadline = std::time::Instant::now() + timeout + TARPC_DEADLINE_SLACK;
         match tokio::time::timeout(timeout, f(client, ctx)).await {
             Err(_) => {
-                self.reset(node, addr).await;
+                self.note_timeout(node, addr).await;
                 Err(PeerError::Timeout {
                     node,
                     after: timeout,
@@ -176,8 +202,14 @@ impl Peers {
                     reason: e.to_string(),
                 })
             }
-            Ok(Ok(Err(failure))) => Err(PeerError::Remote { node, failure }),
-            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(failure))) => {
+                self.note_success(node, addr).await;
+                Err(PeerError::Remote { node, failure })
+            }
+            Ok(Ok(Ok(v))) => {
+                self.note_success(node, addr).await;
+                Ok(v)
+            }
         }
     }
 }
@@ -188,15 +220,24 @@ pub struct GroupNetworkFactory {
     group: GroupId,
     peers: Peers,
     snapshot_timeout: Duration,
+    rpc_timeout: Duration,
 }
 
 impl GroupNetworkFactory {
-    /// The factory for `group`, sending over `peers`.
-    pub fn new(group: GroupId, peers: Peers, snapshot_timeout: Duration) -> Self {
+    /// The factory for `group`, sending over `peers`. `rpc_timeout` is the floor of every
+    /// append/vote deadline: openraft's own deadline for appends is the heartbeat interval,
+    /// which a slow link or a busy peer easily exceeds.
+    pub fn new(
+        group: GroupId,
+        peers: Peers,
+        snapshot_timeout: Duration,
+        rpc_timeout: Duration,
+    ) -> Self {
         GroupNetworkFactory {
             group,
             peers,
             snapshot_timeout,
+            rpc_timeout,
         }
     }
 }
@@ -208,6 +249,7 @@ pub struct GroupNetwork {
     addr: String,
     peers: Peers,
     snapshot_timeout: Duration,
+    rpc_timeout: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
@@ -220,6 +262,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
             addr: node.addr.clone(),
             peers: self.peers.clone(),
             snapshot_timeout: self.snapshot_timeout,
+            rpc_timeout: self.rpc_timeout,
         }
     }
 }
@@ -241,7 +284,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             .call(
                 self.target,
                 &self.addr,
-                option.hard_ttl(),
+                option.hard_ttl().max(self.rpc_timeout),
                 |c, ctx| async move { c.append_entries(ctx, group, rpc).await },
             )
             .await
@@ -258,7 +301,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             .call(
                 self.target,
                 &self.addr,
-                option.hard_ttl(),
+                option.hard_ttl().max(self.rpc_timeout),
                 |c, ctx| async move { c.vote(ctx, group, rpc).await },
             )
             .await
@@ -275,7 +318,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             .call(
                 self.target,
                 &self.addr,
-                option.hard_ttl(),
+                option.hard_ttl().max(self.rpc_timeout),
                 |c, ctx| async move { c.pre_vote(ctx, group, rpc).await },
             )
             .await
@@ -316,7 +359,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             .call(
                 self.target,
                 &self.addr,
-                option.hard_ttl(),
+                option.hard_ttl().max(self.rpc_timeout),
                 |c, ctx| async move { c.transfer_leader(ctx, group, req).await },
             )
             .await
