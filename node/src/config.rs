@@ -14,6 +14,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./taskbroker-data";
+/// Default largest task (key + payload + headers): 1 MiB, what the Kafka deployment allowed.
+pub const DEFAULT_MAX_TASK_BYTES: u64 = 1 << 20;
+/// Default largest record batch: 16 MiB, one Raft entry replicated in one append.
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 16 << 20;
 
 /// Configuration errors: a clear message, never a panic.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,10 @@ pub struct PartialConfig {
     pub election_timeout_min_ms: Option<u64>,
     /// Raft election timeout upper bound, ms.
     pub election_timeout_max_ms: Option<u64>,
+    /// Largest task accepted (key + payload + headers), bytes.
+    pub max_task_bytes: Option<u64>,
+    /// Largest record batch accepted, bytes.
+    pub max_batch_bytes: Option<u64>,
 }
 
 impl PartialConfig {
@@ -93,6 +101,8 @@ impl PartialConfig {
             election_timeout_max_ms: self
                 .election_timeout_max_ms
                 .or(other.election_timeout_max_ms),
+            max_task_bytes: self.max_task_bytes.or(other.max_task_bytes),
+            max_batch_bytes: self.max_batch_bytes.or(other.max_batch_bytes),
         }
     }
 
@@ -142,6 +152,10 @@ impl PartialConfig {
                 "ELECTION_TIMEOUT_MAX_MS" => {
                     c.election_timeout_max_ms = Some(num("TASKBROKER_ELECTION_TIMEOUT_MAX_MS", &v)?)
                 }
+                "MAX_TASK_BYTES" => c.max_task_bytes = Some(num("TASKBROKER_MAX_TASK_BYTES", &v)?),
+                "MAX_BATCH_BYTES" => {
+                    c.max_batch_bytes = Some(num("TASKBROKER_MAX_BATCH_BYTES", &v)?)
+                }
                 // Client-side variables (e.g. TASKBROKER_BROKERS) are not node settings.
                 _ => {}
             }
@@ -175,6 +189,10 @@ pub struct NodeConfig {
     pub election_timeout_min_ms: u64,
     /// Election timeout bounds, ms.
     pub election_timeout_max_ms: u64,
+    /// Largest task accepted, bytes (`TooLarge` above).
+    pub max_task_bytes: u64,
+    /// Largest record batch accepted, bytes (`TooLarge` above).
+    pub max_batch_bytes: u64,
 }
 
 fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
@@ -284,6 +302,16 @@ impl NodeConfig {
                 reason: "need 0 < heartbeat < election min < election max".into(),
             });
         }
+        let max_task_bytes = p.max_task_bytes.unwrap_or(DEFAULT_MAX_TASK_BYTES);
+        let max_batch_bytes = p.max_batch_bytes.unwrap_or(DEFAULT_MAX_BATCH_BYTES);
+        let hard = taskbroker_client::batch::BATCH_BYTES_MAX as u64;
+        if max_task_bytes == 0 || max_batch_bytes == 0 || max_batch_bytes > hard {
+            return Err(ConfigError::Invalid {
+                name: "max-batch-bytes",
+                value: format!("task={max_task_bytes} batch={max_batch_bytes}"),
+                reason: format!("need 0 < max_task_bytes and 0 < max_batch_bytes <= {hard}"),
+            });
+        }
         Ok(NodeConfig {
             node_id,
             listen,
@@ -296,6 +324,8 @@ impl NodeConfig {
             heartbeat_interval_ms,
             election_timeout_min_ms,
             election_timeout_max_ms,
+            max_task_bytes,
+            max_batch_bytes,
         })
     }
 

@@ -8,13 +8,16 @@
 //! | [`env`] | the real seams (tokio TCP, the disk backend) handed to [`run`] |
 //! | [`identity`] | the data directory's identity record (which node, which cluster) |
 //! | [`server`] | the accept loop: one address carries client API and Raft connections |
-//! | [`controller`] | cluster bootstrap of the metadata group |
+//! | [`api`] | the client API (`BrokerApi`): topics, produce, fetch, settle, groups |
+//! | [`controller`] | bootstrap, node registration, reconciler, forwarding to the metadata leader |
 //! | [`http`] | `/health`, `/ready`, `/metrics` |
 //! | [`cli`] | subcommands of the binary (`serve`, `local`) |
 //!
-//! Status: the node forms and resumes a replicated metadata group and serves health and
-//! metrics; the task API (produce/fetch/ack), topic management and the web UI are not built yet.
+//! Status: the node forms and resumes a replicated metadata group, registers itself, runs the
+//! partition groups placed on it and serves the client API, health and metrics. Forwarding of
+//! dead letters to a dead-letter topic and the web UI are not built yet.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod controller;
@@ -108,6 +111,24 @@ pub async fn run(
         tasks.spawn(server.clone().accept_loop(l));
     }
     let meta = controller::bootstrap(&raft, &config).await?;
+    let api = api::Api::new(
+        raft.clone(),
+        meta.clone(),
+        api::ApiSettings {
+            node_id: config.node_id,
+            peers: config.peers.clone(),
+            limits: taskbroker_client::batch::BatchLimits {
+                batch_bytes_max: usize::try_from(config.max_batch_bytes).unwrap_or(usize::MAX),
+                task_bytes_max: usize::try_from(config.max_task_bytes).unwrap_or(usize::MAX),
+                ..Default::default()
+            },
+        },
+        env.clock.clone(),
+        controller::Forwarder::new(env.transport.clone()),
+    );
+    server.set_api(api.clone());
+    tasks.spawn(controller::register(api.clone(), config.clone()));
+    tasks.spawn(controller::reconcile_loop(api.clone()));
     let http_state = http::HttpState {
         raft: raft.clone(),
         metrics,

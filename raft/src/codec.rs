@@ -104,6 +104,16 @@ pub fn encode(entry: &typ::Entry) -> Result<FrameIn, CodecError> {
     })
 }
 
+/// The application command stored in `frame` (`None` for blank and membership entries), for
+/// readers outside this crate that must not see openraft types (e.g. the node serving stored
+/// batches to workers: a produce gives back the producer's batch bytes unchanged).
+pub fn decode_command(frame: &Frame) -> Result<Option<Command>, CodecError> {
+    Ok(match decode(frame)?.payload {
+        EntryPayload::Normal(cmd) => Some(cmd),
+        EntryPayload::Blank | EntryPayload::Membership(_) => None,
+    })
+}
+
 /// Decodes the entry stored in `frame`.
 pub fn decode(frame: &Frame) -> Result<typ::Entry, CodecError> {
     let p = &frame.payload;

@@ -423,4 +423,25 @@ pub trait BrokerApi {
     async fn requeue_dead_letters(topic: String, group: String) -> Result<u64, ApiError>;
     /// Nodes, controller, partition leaders and lagging replicas.
     async fn cluster_status() -> Result<ClusterStatus, ApiError>;
+    /// **Internal (node to node)**: registers a node's addresses in the cluster metadata; a node
+    /// that is not the metadata leader forwards it there. Clients have no use for it.
+    async fn register_node(
+        id: NodeId,
+        addr: String,
+        http_addr: Option<String>,
+    ) -> Result<(), ApiError>;
+    /// **Internal (node to node)**: a group's state on the given partitions, answered from the
+    /// replicas hosted on the called node (one result per partition, in order).
+    async fn describe_partitions(
+        topic: String,
+        group: String,
+        partitions: Vec<u32>,
+    ) -> Result<Vec<Result<GroupPartitionState, ApiError>>, ApiError>;
+    /// **Internal (node to node)**: requeues a group's dead letters on the given partitions,
+    /// which the called node must lead (one count or error per partition, in order).
+    async fn requeue_partitions(
+        topic: String,
+        group: String,
+        partitions: Vec<u32>,
+    ) -> Result<Vec<Result<u64, ApiError>>, ApiError>;
 }

@@ -83,6 +83,7 @@ impl ServeArgs {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             election_timeout_min_ms: self.election_timeout_min_ms,
             election_timeout_max_ms: self.election_timeout_max_ms,
+            ..PartialConfig::default()
         }
     }
 }

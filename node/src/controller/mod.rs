@@ -1,15 +1,50 @@
-//! Cluster bootstrap and leadership hand-off.
+//! Cluster bootstrap, node registration, the partition reconciler, forwarding to the metadata
+//! leader and leadership hand-off.
 //!
 //! Every initial voter opens the metadata group and initialises it with the same voter set
 //! (from `--peers`). Identical initialisations are consistent, so the cluster forms from its
 //! peer list with no manual step and no designated first node; a restarted node finds its group
 //! already initialised and simply resumes.
+//!
+//! # Invariants
+//! - The reconciler only opens groups the metadata places on this node, and only deletes groups
+//!   it opened itself whose topic has since left the metadata: it never deletes data because
+//!   its metadata is behind.
+//! - Every replica initialises a partition group with the same membership (the placement's
+//!   replica set), so concurrent initialisations agree.
+//!
+//! # Design notes
+//! - Preferred leader: the first replica. A leader that is not the preferred replica hands
+//!   leadership to it once it has caught up (zero lag), at most once per
+//!   [`PREFERRED_LEADER_CHECK`] per group, so leadership spreads back after a restart.
+//! - Groups of topics deleted while this node was down stay on disk (the reconciler never
+//!   opened them); a disk sweep is future work.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_util::codec::Decoder;
+use taskbroker_client::proto::{ApiError, BrokerApiClient, NodeId};
+use taskbroker_client::transport::{ConnKind, Preamble, Transport};
 use taskbroker_raft::{Group, GroupId, RaftNode};
 
+use crate::api::Api;
 use crate::config::NodeConfig;
+
+/// How long connecting to another node (TCP + preamble) may take.
+pub const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between registration attempts (the metadata leader may not be elected yet).
+pub const REGISTER_RETRY: Duration = Duration::from_millis(500);
+/// The reconciler re-checks even without a metadata change this often (to retry failures and
+/// check preferred leaders).
+pub const RECONCILE_TICK: Duration = Duration::from_secs(2);
+/// How often a leader may hand a group back to its preferred replica.
+pub const PREFERRED_LEADER_CHECK: Duration = Duration::from_secs(10);
+/// Most groups the reconciler opens per pass: bounds one pass's work; the next pass continues.
+pub const GROUPS_OPENED_PER_PASS_MAX: usize = 256;
 
 /// Opens the metadata group and makes sure it is initialised.
 pub async fn bootstrap(
@@ -19,6 +54,166 @@ pub async fn bootstrap(
     let meta = raft.open_group(GroupId::METADATA).await?;
     meta.initialize(&config.peers).await?;
     Ok(meta)
+}
+
+/// Registers this node (id, advertised client address, HTTP address) in the metadata, retrying
+/// until it succeeds (or forever while there is no metadata leader).
+pub async fn register(api: Api, config: NodeConfig) {
+    let mut attempts: u64 = 0;
+    loop {
+        let registered = api
+            .meta()
+            .state()
+            .read()
+            .metadata()
+            .and_then(|m| m.node(config.node_id).cloned());
+        if let Some(n) = registered {
+            if n.addr == config.advertise && n.http_addr.as_deref() == Some(config.http.as_str()) {
+                tracing::info!(node = config.node_id, "registered in the cluster metadata");
+                return;
+            }
+        }
+        match api
+            .register_node_via_controller(
+                config.node_id,
+                config.advertise.clone(),
+                Some(config.http.clone()),
+            )
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(node = config.node_id, "registered in the cluster metadata");
+                return;
+            }
+            Err(e) => {
+                attempts += 1;
+                if attempts.is_multiple_of(20) {
+                    tracing::warn!(error = %e, attempts, "node registration still failing");
+                } else {
+                    tracing::debug!(error = %e, "node registration failed, retrying");
+                }
+            }
+        }
+        tokio::time::sleep(REGISTER_RETRY).await;
+    }
+}
+
+/// Watches the metadata and opens, initialises and deletes this node's partition groups.
+pub async fn reconcile_loop(api: Api) {
+    let mut watch = api.meta().state().watch_applied();
+    let mut opened: BTreeSet<GroupId> = BTreeSet::new();
+    let mut last_transfer: BTreeMap<GroupId, tokio::time::Instant> = BTreeMap::new();
+    loop {
+        reconcile_once(&api, &mut opened, &mut last_transfer).await;
+        tokio::select! {
+            biased;
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(RECONCILE_TICK) => {}
+        }
+    }
+}
+
+async fn reconcile_once(
+    api: &Api,
+    opened: &mut BTreeSet<GroupId>,
+    last_transfer: &mut BTreeMap<GroupId, tokio::time::Instant>,
+) {
+    let me = api.settings().node_id;
+    // (group, replicas) placed on this node.
+    let wanted: BTreeMap<GroupId, Vec<NodeId>> = {
+        let guard = api.meta().state().read();
+        let Some(m) = guard.metadata() else { return };
+        m.partitions_on_node(me)
+            .map(|(_, p)| (GroupId(p.group_id), p.replicas.clone()))
+            .collect()
+    };
+    let raft = api.raft().clone();
+    let mut opened_now = 0;
+    for (gid, replicas) in &wanted {
+        if raft.group(*gid).is_some() && opened.contains(gid) {
+            maybe_prefer_leader(api, *gid, replicas, last_transfer).await;
+            continue;
+        }
+        if opened_now >= GROUPS_OPENED_PER_PASS_MAX {
+            break;
+        }
+        opened_now += 1;
+        let members: Option<BTreeMap<NodeId, String>> = replicas
+            .iter()
+            .map(|id| api.raft_addr(*id).map(|a| (*id, a)))
+            .collect();
+        let Some(members) = members else {
+            tracing::debug!(group = %gid, "replica address unknown yet; retrying later");
+            continue;
+        };
+        match raft.open_group(*gid).await {
+            Ok(g) => match g.initialize(&members).await {
+                Ok(()) => {
+                    opened.insert(*gid);
+                    tracing::info!(group = %gid, ?replicas, "partition group running");
+                }
+                Err(e) => tracing::warn!(group = %gid, error = %e, "initialising partition group"),
+            },
+            Err(e) => tracing::warn!(group = %gid, error = %e, "opening partition group"),
+        }
+    }
+    let gone: Vec<GroupId> = opened
+        .iter()
+        .filter(|g| !wanted.contains_key(g))
+        .copied()
+        .collect();
+    for gid in gone {
+        api.forget_batcher(gid);
+        match raft.delete_group(gid).await {
+            Ok(()) => {
+                opened.remove(&gid);
+                last_transfer.remove(&gid);
+                tracing::info!(group = %gid, "partition group deleted");
+            }
+            Err(e) => tracing::warn!(group = %gid, error = %e, "deleting partition group"),
+        }
+    }
+}
+
+async fn maybe_prefer_leader(
+    api: &Api,
+    gid: GroupId,
+    replicas: &[NodeId],
+    last_transfer: &mut BTreeMap<GroupId, tokio::time::Instant>,
+) {
+    let me = api.settings().node_id;
+    let Some(&preferred) = replicas.first() else {
+        return;
+    };
+    if preferred == me {
+        return;
+    }
+    let Some(g) = api.raft().group(gid) else {
+        return;
+    };
+    if !g.is_leader() {
+        return;
+    }
+    let now = tokio::time::Instant::now();
+    if last_transfer
+        .get(&gid)
+        .is_some_and(|t| now.duration_since(*t) < PREFERRED_LEADER_CHECK)
+    {
+        return;
+    }
+    let m = g.metrics();
+    if m.follower_lag.get(&preferred) != Some(&0) {
+        return;
+    }
+    last_transfer.insert(gid, now);
+    tracing::info!(group = %gid, to = preferred, "handing leadership to the preferred replica");
+    if let Err(e) = g.transfer_leader(preferred).await {
+        tracing::debug!(group = %gid, error = %e, "preferred leader transfer");
+    }
 }
 
 /// Hands leadership of every group this node leads to another voter, waiting briefly for each.
@@ -39,6 +234,88 @@ pub async fn hand_off_leadership(raft: &RaftNode, config: &NodeConfig) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while g.is_leader() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A small pool of `BrokerApi` clients to other nodes (one per node), for forwarding metadata
+/// writes and asking about partitions hosted elsewhere. A client is dropped after a transport
+/// error or timeout, so the next call reconnects.
+#[derive(Clone)]
+pub struct Forwarder {
+    transport: Arc<dyn Transport>,
+    clients: Arc<tokio::sync::Mutex<BTreeMap<NodeId, (String, BrokerApiClient)>>>,
+}
+
+impl Forwarder {
+    /// A pool connecting over `transport`.
+    pub fn new(transport: Arc<dyn Transport>) -> Forwarder {
+        Forwarder {
+            transport,
+            clients: Arc::new(tokio::sync::Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    async fn client(&self, node: NodeId, addr: &str) -> Result<BrokerApiClient, ApiError> {
+        let mut clients = self.clients.lock().await;
+        if let Some((a, c)) = clients.get(&node) {
+            if a == addr {
+                return Ok(c.clone());
+            }
+        }
+        let unavailable = |reason: String| ApiError::Unavailable {
+            reason: format!("cannot reach node {node} at {addr}: {reason}"),
+        };
+        let conn = tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, async {
+            let mut conn = self.transport.connect(addr).await?;
+            Preamble {
+                kind: ConnKind::Client,
+            }
+            .write(&mut conn)
+            .await?;
+            Ok::<_, std::io::Error>(conn)
+        })
+        .await
+        .map_err(|_| unavailable("connect timed out".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+        let framed = taskbroker_client::proto::framing::codec().framed(conn);
+        let transport = tarpc::serde_transport::new(framed, Bincode::default());
+        let client = BrokerApiClient::new(tarpc::client::Config::default(), transport).spawn();
+        clients.insert(node, (addr.to_string(), client.clone()));
+        Ok(client)
+    }
+
+    async fn drop_client(&self, node: NodeId) {
+        self.clients.lock().await.remove(&node);
+    }
+
+    /// Calls `node` at `addr` with a deadline of `timeout`.
+    pub async fn call<T, F, Fut>(
+        &self,
+        node: NodeId,
+        addr: &str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnOnce(BrokerApiClient, tarpc::context::Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, ApiError>, tarpc::client::RpcError>>,
+    {
+        let client = self.client(node, addr).await?;
+        let mut ctx = tarpc::context::current();
+        ctx.deadline = std::time::Instant::now() + timeout;
+        match tokio::time::timeout(timeout, f(client, ctx)).await {
+            Err(_) => {
+                self.drop_client(node).await;
+                Err(ApiError::Timeout)
+            }
+            Ok(Err(e)) => {
+                self.drop_client(node).await;
+                Err(ApiError::Unavailable {
+                    reason: format!("node {node}: {e}"),
+                })
+            }
+            Ok(Ok(r)) => r,
         }
     }
 }

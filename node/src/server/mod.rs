@@ -1,14 +1,16 @@
 //! The accept loop: every connection announces what it carries in its preamble; Raft
-//! connections go to the multi-raft host. A malformed preamble closes that connection with a
-//! logged reason and the node keeps serving everyone else.
+//! connections go to the multi-raft host, client connections to the [`Api`]. A malformed
+//! preamble or frame closes that connection with a logged reason and the node keeps serving
+//! everyone else.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use taskbroker_client::transport::{ConnKind, Listener, Preamble};
 use taskbroker_raft::RaftNode;
 use tokio::sync::Semaphore;
 
+use crate::api::Api;
 use crate::http::Metrics;
 
 /// Most connections served at once; further connections wait in the accept backlog.
@@ -22,6 +24,7 @@ pub struct Server {
     raft: Arc<RaftNode>,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
+    api: Arc<OnceLock<Api>>,
 }
 
 impl Server {
@@ -31,6 +34,15 @@ impl Server {
             raft,
             metrics,
             permits: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
+            api: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Starts serving client connections with `api` (until then they are refused: the node has
+    /// not joined its metadata group yet).
+    pub fn set_api(&self, api: Api) {
+        if self.api.set(api).is_err() {
+            tracing::warn!("client API set twice; keeping the first");
         }
     }
 
@@ -62,9 +74,13 @@ impl Server {
                     }
                     Ok(Ok(Preamble {
                         kind: ConnKind::Client,
-                    })) => {
-                        tracing::info!(%peer, "client API connection refused: the task API is not built yet");
-                    }
+                    })) => match this.api.get() {
+                        Some(api) => api.clone().serve_connection(conn, peer.to_string()).await,
+                        None => tracing::info!(
+                            %peer,
+                            "client connection refused: the node is still starting"
+                        ),
+                    },
                     Ok(Err(e)) => {
                         this.metrics
                             .errors

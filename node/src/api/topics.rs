@@ -1,0 +1,313 @@
+//! Metadata operations: routing metadata, cluster status, topics, groups, node registration.
+//!
+//! Reads answer from the local metadata replica (any node); writes run on the metadata leader
+//! (forwarded there by other nodes), which fills in defaults, places partitions and proposes.
+
+use taskbroker_client::proto::{
+    ApiError, ClusterMeta, ClusterStatus, GroupMode, NodeId, NodeMeta, PartitionMeta, TopicMeta,
+    TopicSpec,
+};
+use taskbroker_raft::state_machine::metadata::{
+    MetaCommand, MetaError, MetaResponse, NodeInfo, TopicConfig, TopicInfo, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PARTITIONS, DEFAULT_REPLICATION_FACTOR, DEFAULT_VISIBILITY_TIMEOUT_MS,
+};
+use taskbroker_raft::state_machine::placement::place;
+use taskbroker_raft::{Command, GroupId, Response};
+
+use super::{to_raft_mode, Api};
+
+/// A follower this many entries behind its leader is reported as lagging: below it, lag is
+/// normal in-flight replication.
+pub const LAGGING_REPLICA_ENTRIES_MIN: u64 = 100;
+
+fn meta_err(e: MetaError) -> ApiError {
+    match e {
+        MetaError::TopicConflict { name, .. } => ApiError::TopicConflict { topic: name },
+        MetaError::UnknownTopic { name } => ApiError::UnknownTopic { topic: name },
+        MetaError::UnknownGroup { topic, group } => ApiError::UnknownGroup { topic, group },
+        other => ApiError::InvalidArgument {
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl Api {
+    fn topic_meta(&self, t: &TopicInfo) -> TopicMeta {
+        TopicMeta {
+            name: t.name.clone(),
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| PartitionMeta {
+                    partition: p.partition,
+                    replicas: p.replicas.clone(),
+                    leader: self.partition_leader(GroupId(p.group_id), &p.replicas),
+                })
+                .collect(),
+            replication_factor: t.config.replication_factor,
+            retention_ms: t.config.retention_ms,
+            retention_bytes: t.config.retention_bytes,
+            visibility_timeout_ms: t.config.visibility_timeout_ms,
+            max_attempts: t.config.max_attempts,
+            dead_letter_topic: t.config.dead_letter_topic.clone(),
+        }
+    }
+
+    /// Routing metadata from the local replica.
+    pub(super) fn cluster_meta(&self, topics: &[String]) -> Result<ClusterMeta, ApiError> {
+        let (version, nodes, infos) = self.with_meta(|m| {
+            let nodes: Vec<NodeMeta> = m
+                .nodes()
+                .map(|n| NodeMeta {
+                    id: n.id,
+                    addr: n.addr.clone(),
+                    http_addr: n.http_addr.clone(),
+                })
+                .collect();
+            let infos: Vec<TopicInfo> = m
+                .topics()
+                .filter(|t| topics.is_empty() || topics.contains(&t.name))
+                .cloned()
+                .collect();
+            (m.version(), nodes, infos)
+        })?;
+        Ok(ClusterMeta {
+            version,
+            controller: self.meta().leader(),
+            nodes,
+            topics: infos.iter().map(|t| self.topic_meta(t)).collect(),
+        })
+    }
+
+    pub(super) fn do_cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        let meta = self.cluster_meta(&[])?;
+        let mut lagging = Vec::new();
+        for gid in self.raft().group_ids() {
+            if gid.is_metadata() {
+                continue;
+            }
+            let Some(g) = self.raft().group(gid) else {
+                continue;
+            };
+            let m = g.metrics();
+            if !m.is_leader {
+                continue;
+            }
+            let Some(topic) = self
+                .with_meta(|s| s.partition_by_group_id(gid.0).map(|(t, _)| t.name.clone()))
+                .ok()
+                .flatten()
+            else {
+                continue;
+            };
+            for (node, lag) in m.follower_lag {
+                if lag >= LAGGING_REPLICA_ENTRIES_MIN {
+                    lagging.push((topic.clone(), gid.partition(), node, lag));
+                }
+            }
+        }
+        Ok(ClusterStatus {
+            meta,
+            lagging_replicas: lagging,
+        })
+    }
+
+    /// Proposes a metadata command on this node (the metadata leader).
+    async fn meta_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
+        let meta = self.meta().clone();
+        match self.propose(&meta, Command::Meta(cmd)).await? {
+            Response::Meta(MetaResponse::Err(e)) => Err(meta_err(e)),
+            Response::Meta(r) => Ok(r),
+            other => Err(ApiError::Internal {
+                reason: format!("unexpected metadata response {other}"),
+            }),
+        }
+    }
+
+    pub(super) async fn do_register_node(
+        &self,
+        id: NodeId,
+        addr: String,
+        http_addr: Option<String>,
+    ) -> Result<(), ApiError> {
+        let (a, h) = (addr.clone(), http_addr.clone());
+        self.on_controller(
+            async {
+                self.meta_write(MetaCommand::RegisterNode(NodeInfo {
+                    id,
+                    addr,
+                    http_addr,
+                }))
+                .await
+                .map(|_| ())
+            },
+            |c, ctx| async move { c.register_node(ctx, id, a, h).await },
+        )
+        .await
+    }
+
+    /// Registration used by the controller's registration loop.
+    pub async fn register_node_via_controller(
+        &self,
+        id: NodeId,
+        addr: String,
+        http_addr: Option<String>,
+    ) -> Result<(), ApiError> {
+        super::deadline(
+            super::HANDLER_DEADLINE,
+            self.do_register_node(id, addr, http_addr),
+        )
+        .await
+    }
+
+    fn resolve_spec(&self, spec: &TopicSpec, nodes: usize) -> TopicConfig {
+        let default_rf = DEFAULT_REPLICATION_FACTOR.min(u32::try_from(nodes).unwrap_or(u32::MAX));
+        TopicConfig {
+            partitions: spec.partitions.unwrap_or(DEFAULT_PARTITIONS),
+            replication_factor: spec.replication_factor.unwrap_or(default_rf.max(1)),
+            retention_ms: spec.retention_ms,
+            retention_bytes: spec.retention_bytes,
+            visibility_timeout_ms: spec
+                .visibility_timeout_ms
+                .unwrap_or(DEFAULT_VISIBILITY_TIMEOUT_MS),
+            max_attempts: spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            dead_letter_topic: spec.dead_letter_topic.clone(),
+        }
+    }
+
+    async fn create_topic_local(
+        &self,
+        name: String,
+        spec: TopicSpec,
+    ) -> Result<TopicMeta, ApiError> {
+        let (nodes, load, existing) = self.with_meta(|m| {
+            (
+                m.nodes().map(|n| n.id).collect::<Vec<_>>(),
+                m.node_load(),
+                m.topic(&name).cloned(),
+            )
+        })?;
+        let config = self.resolve_spec(&spec, nodes.len());
+        if let Some(t) = existing {
+            // Idempotent by value (as the state machine defines it).
+            return if t.config == config {
+                Ok(self.topic_meta(&t))
+            } else {
+                Err(ApiError::TopicConflict { topic: name })
+            };
+        }
+        let placement = place(&nodes, &load, config.partitions, config.replication_factor)
+            .map_err(|e| ApiError::InvalidArgument {
+                reason: e.to_string(),
+            })?;
+        let r = self
+            .meta_write(MetaCommand::CreateTopic {
+                name,
+                config,
+                placement,
+                now_ms: self.now_ms(),
+            })
+            .await?;
+        match r {
+            MetaResponse::TopicCreated(t) | MetaResponse::AlreadyExists(t) => {
+                Ok(self.topic_meta(&t))
+            }
+            other => Err(ApiError::Internal {
+                reason: format!("unexpected create-topic response {other:?}"),
+            }),
+        }
+    }
+
+    pub(super) async fn do_create_topic(
+        &self,
+        name: String,
+        spec: TopicSpec,
+    ) -> Result<TopicMeta, ApiError> {
+        let (n, s) = (name.clone(), spec.clone());
+        self.on_controller(self.create_topic_local(name, spec), |c, ctx| async move {
+            c.create_topic(ctx, n, s).await
+        })
+        .await
+    }
+
+    pub(super) async fn do_delete_topic(&self, name: String) -> Result<(), ApiError> {
+        let n = name.clone();
+        self.on_controller(
+            async {
+                self.meta_write(MetaCommand::DeleteTopic { name })
+                    .await
+                    .map(|_| ())
+            },
+            |c, ctx| async move { c.delete_topic(ctx, n).await },
+        )
+        .await
+    }
+
+    async fn add_partitions_local(&self, name: String, count: u32) -> Result<TopicMeta, ApiError> {
+        let (nodes, load, topic) = self.with_meta(|m| {
+            (
+                m.nodes().map(|n| n.id).collect::<Vec<_>>(),
+                m.node_load(),
+                m.topic(&name).cloned(),
+            )
+        })?;
+        let topic = topic.ok_or_else(|| ApiError::UnknownTopic {
+            topic: name.clone(),
+        })?;
+        let placement =
+            place(&nodes, &load, count, topic.config.replication_factor).map_err(|e| {
+                ApiError::InvalidArgument {
+                    reason: e.to_string(),
+                }
+            })?;
+        self.meta_write(MetaCommand::AddPartitions {
+            name: name.clone(),
+            placement,
+        })
+        .await?;
+        let t = self
+            .with_meta(|m| m.topic(&name).cloned())?
+            .ok_or(ApiError::UnknownTopic { topic: name })?;
+        Ok(self.topic_meta(&t))
+    }
+
+    pub(super) async fn do_add_partitions(
+        &self,
+        name: String,
+        count: u32,
+    ) -> Result<TopicMeta, ApiError> {
+        let n = name.clone();
+        self.on_controller(
+            self.add_partitions_local(name, count),
+            |c, ctx| async move { c.add_partitions(ctx, n, count).await },
+        )
+        .await
+    }
+
+    pub(super) async fn do_create_group(
+        &self,
+        topic: String,
+        group: String,
+        mode: GroupMode,
+    ) -> Result<(), ApiError> {
+        // Already there with this mode: nothing to write (the common case of every fetch).
+        let existing = self.with_meta(|m| m.group_mode(&topic, &group))?;
+        if existing == Some(to_raft_mode(mode)) {
+            return Ok(());
+        }
+        let (t, g) = (topic.clone(), group.clone());
+        self.on_controller(
+            async {
+                self.meta_write(MetaCommand::CreateGroup {
+                    topic,
+                    group,
+                    mode: to_raft_mode(mode),
+                })
+                .await
+                .map(|_| ())
+            },
+            |c, ctx| async move { c.create_group(ctx, t, g, mode).await },
+        )
+        .await
+    }
+}
