@@ -1,10 +1,11 @@
 //! Append throughput: group-committed `Log` appends on the uring and std backends versus raw
-//! `pwrite` + `fdatasync` baselines. See `storage/BENCHMARKS.md`.
+//! `pwrite` + `fdatasync` baselines (appending to a fresh, growing file, and overwriting a
+//! pre-zeroed one). See `storage/BENCHMARKS.md`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -14,7 +15,6 @@ use taskbroker_storage::log::{FrameIn, Log, LogConfig};
 const FRAME_BYTES: usize = 1024;
 /// Purge the bench log beyond this, so the bench does not fill the disk.
 const LOG_BYTES_MAX: u64 = 512 * 1024 * 1024;
-const RAW_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 fn bench_dir() -> tempfile::TempDir {
     // CARGO_TARGET_TMPDIR is not set for benches; stay on the target's filesystem (not tmpfs).
@@ -91,56 +91,102 @@ fn log_appends(c: &mut Criterion) {
     g.finish();
 }
 
+/// Bytes a raw file is written to before it starts over (fresh: a new file; pre-zeroed: the
+/// same blocks again). Equal to the log's default segment size.
+const RAW_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+fn open_new(path: &std::path::Path) -> File {
+    File::options()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open")
+}
+
+/// A file of `RAW_FILE_BYTES` zeros, written and fsynced: what a pre-zeroed log segment is.
+fn prezeroed(path: &std::path::Path) -> File {
+    let file = open_new(path);
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < RAW_FILE_BYTES {
+        file.write_all_at(&zeros, pos).expect("zero");
+        pos += zeros.len() as u64;
+    }
+    file.sync_all().expect("fsync");
+    file
+}
+
+/// One sequential writer doing `write` + `fdatasync` of `buf` per iteration, with plain std
+/// calls. `fresh`: appends to a new file that grows (every fdatasync also commits the new
+/// size and block allocation to the journal); when it reaches `RAW_FILE_BYTES` it is replaced
+/// by a new empty file, outside the timed region. Otherwise: overwrites a pre-zeroed file
+/// sequentially, wrapping to its start (data-only fdatasync), like the log's steady state.
+fn raw_writer<'b>(
+    path: &std::path::Path,
+    fresh: bool,
+    buf: &'b [u8],
+    per_iter: usize,
+) -> impl FnMut(u64) -> Duration + 'b {
+    let mut file = if fresh {
+        open_new(path)
+    } else {
+        prezeroed(path)
+    };
+    let mut pos = 0u64;
+    let path = path.to_path_buf();
+    move |iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            if pos + (per_iter * buf.len()) as u64 > RAW_FILE_BYTES {
+                pos = 0;
+                if fresh {
+                    drop(std::mem::replace(&mut file, open_new(&path)));
+                }
+            }
+            let t = Instant::now();
+            for _ in 0..per_iter {
+                file.write_all_at(buf, pos).expect("write");
+                file.sync_data().expect("fdatasync");
+                pos += buf.len() as u64;
+            }
+            total += t.elapsed();
+        }
+        total
+    }
+}
+
 fn raw_baseline(c: &mut Criterion) {
     let mut g = c.benchmark_group("raw_std");
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
     let dir = bench_dir();
-    for batch in [1usize, 16, 256] {
-        let file = File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(dir.path().join(format!("raw-{batch}")))
-            .expect("open");
-        let buf = vec![0x5au8; batch * FRAME_BYTES];
-        let mut pos = 0u64;
-        g.throughput(Throughput::Bytes(buf.len() as u64));
-        g.bench_function(
-            BenchmarkId::new("write+fdatasync", format!("batch={batch}")),
-            |b| {
-                b.iter(|| {
-                    file.write_all_at(&buf, pos).expect("write");
-                    file.sync_data().expect("fdatasync");
-                    pos = (pos + buf.len() as u64) % RAW_FILE_BYTES_MAX;
-                })
-            },
-        );
+    for (kind, fresh) in [("fresh", true), ("prezeroed", false)] {
+        for batch in [1usize, 16, 256] {
+            let buf = vec![0x5au8; batch * FRAME_BYTES];
+            g.throughput(Throughput::Bytes(buf.len() as u64));
+            let mut run = raw_writer(
+                &dir.path().join(format!("raw-{kind}-{batch}")),
+                fresh,
+                &buf,
+                1,
+            );
+            g.bench_function(
+                BenchmarkId::new(format!("{kind}/write+fdatasync"), format!("batch={batch}")),
+                |b| b.iter_custom(&mut run),
+            );
+        }
     }
-    // What 64 appenders of batch 1 get without group commit: one write + fdatasync each.
-    let file = File::options()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(dir.path().join("raw-nogc"))
-        .expect("open");
+    // What 64 appenders of batch 1 get without group commit: one write + fdatasync each, on
+    // a pre-zeroed file like the log's (so the ratio measures group commit alone).
     let buf = vec![0x5au8; FRAME_BYTES];
-    let mut pos = 0u64;
+    let mut run = raw_writer(&dir.path().join("raw-nogc"), false, &buf, 64);
     g.throughput(Throughput::Bytes(64 * FRAME_BYTES as u64));
     g.bench_function(
-        BenchmarkId::new("fdatasync_per_append", "appenders=64/batch=1"),
-        |b| {
-            b.iter(|| {
-                for _ in 0..64 {
-                    file.write_all_at(&buf, pos).expect("write");
-                    file.sync_data().expect("fdatasync");
-                    pos = (pos + buf.len() as u64) % RAW_FILE_BYTES_MAX;
-                }
-            })
-        },
+        BenchmarkId::new("prezeroed/fdatasync_per_append", "appenders=64/batch=1"),
+        |b| b.iter_custom(&mut run),
     );
     g.finish();
 }

@@ -129,7 +129,9 @@ pub async fn disk_conformance(disk: Arc<dyn Disk>, dir: &Path) {
         .is_err());
     disk.sync_dir(&sub).await.expect("sync_dir");
     assert_eq!(disk.list_dir(&sub).await.expect("list"), vec!["b.log"]);
-    c.write_all_at(b"S".to_vec(), 0).await.expect("write via old handle");
+    c.write_all_at(b"S".to_vec(), 0)
+        .await
+        .expect("write via old handle");
     let renamed = disk.open(&sub.join("b.log"), false).await.expect("open");
     assert_eq!(renamed.len().await.expect("len"), 5);
     let (_, got) = renamed.read_at(vec![0u8; 5], 0).await.expect("read");
