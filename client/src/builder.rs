@@ -201,6 +201,11 @@ impl ClientBuilder {
         self
     }
 
+    #[cfg(test)]
+    pub(crate) fn into_parts(self) -> (ClientConfig, Arc<dyn Transport>) {
+        (self.config, self.transport)
+    }
+
     /// Discovers the cluster from the seeds and returns a connected client.
     ///
     /// # Errors

@@ -160,6 +160,23 @@ impl Client {
         Ok(client)
     }
 
+    /// A client that has not discovered anything (no IO): for unit tests of the layers above.
+    #[cfg(test)]
+    pub(crate) fn unconnected_for_tests() -> Client {
+        let builder = ClientBuilder::new().seeds(["127.0.0.1:1"]).seed(7);
+        let (config, transport) = builder.into_parts();
+        Client {
+            inner: Arc::new(ClientInner {
+                config,
+                transport,
+                routing: Mutex::new(RoutingTable::new()),
+                conns: Mutex::new(BTreeMap::new()),
+                rng: Mutex::new(StdRng::seed_from_u64(7)),
+                any_cursor: AtomicUsize::new(0),
+            }),
+        }
+    }
+
     /// Initial discovery: asks the seeds in turn until one answers, within the connect timeout.
     async fn discover(&self) -> Result<()> {
         let cfg = &self.inner.config;

@@ -861,3 +861,176 @@ async fn produce(
         )
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchHeader;
+
+    fn sender(batch_bytes_max: usize, linger: Duration) -> Sender {
+        Sender {
+            client: Client::unconnected_for_tests(),
+            producer_id: 99,
+            linger,
+            limits: BatchLimits {
+                batch_bytes_max,
+                ..BatchLimits::default()
+            },
+            parts: BTreeMap::new(),
+            in_flight: JoinSet::new(),
+        }
+    }
+
+    fn pending(
+        sem: &Arc<Semaphore>,
+        partition: u32,
+        payload: &[u8],
+    ) -> (Pending, oneshot::Receiver<Result<TaskOffset>>) {
+        let (tx, rx) = oneshot::channel();
+        let permit = sem.clone().try_acquire_owned().unwrap();
+        (
+            Pending {
+                topic: "t".into(),
+                partition,
+                record: TaskRecord::new(payload.to_vec(), 1_000),
+                waiter: Waiter {
+                    tx,
+                    _permit: permit,
+                },
+            },
+            rx,
+        )
+    }
+
+    fn headers(s: &Sender, partition: u32) -> Vec<BatchHeader> {
+        s.parts[&("t".to_string(), partition)]
+            .ready
+            .iter()
+            .map(|b| BatchHeader::decode(&b.bytes).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn fnv1a64_values_are_pinned() {
+        // Reference values of the FNV-1a 64 specification; never change them.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+        // The partitions of a few keys: changing these breaks key affinity across versions.
+        let got: Vec<u32> = ["user-1", "user-2", "order-42", ""]
+            .iter()
+            .map(|k| partition_for_key(k.as_bytes(), 12))
+            .collect();
+        let want: Vec<u32> = ["user-1", "user-2", "order-42", ""]
+            .iter()
+            .map(|k| (fnv1a64(k.as_bytes()) % 12) as u32)
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            partition_for_key(b"", 12),
+            (0xcbf2_9ce4_8422_2325u64 % 12) as u32
+        );
+        assert_eq!(
+            partition_for_key(b"x", 0),
+            0,
+            "zero partitions does not divide by zero"
+        );
+    }
+
+    #[test]
+    fn sequences_are_per_partition_and_contiguous() {
+        let sem = Arc::new(Semaphore::new(100));
+        let mut s = sender(1 << 20, Duration::from_millis(5));
+        let now = Instant::now();
+        let mut rxs = Vec::new();
+        for (p, n) in [(0, 3), (1, 2)] {
+            for _ in 0..n {
+                let (pe, rx) = pending(&sem, p, b"x");
+                s.push(pe, now);
+                rxs.push(rx);
+            }
+        }
+        s.seal_all(None);
+        for _ in 0..2 {
+            let (pe, rx) = pending(&sem, 0, b"y");
+            s.push(pe, now);
+            rxs.push(rx);
+        }
+        s.seal_all(None);
+        let p0 = headers(&s, 0);
+        assert_eq!(
+            p0.iter()
+                .map(|h| (h.producer_id, h.first_sequence, h.record_count))
+                .collect::<Vec<_>>(),
+            vec![(99, 0, 3), (99, 3, 2)]
+        );
+        let p1 = headers(&s, 1);
+        assert_eq!(p1.len(), 1);
+        assert_eq!((p1[0].first_sequence, p1[0].record_count), (0, 2));
+        // Permits are held until the tasks are answered.
+        assert_eq!(sem.available_permits(), 100 - 7);
+    }
+
+    #[test]
+    fn batches_are_sealed_by_size() {
+        let sem = Arc::new(Semaphore::new(1000));
+        let mut s = sender(1024, Duration::from_secs(60));
+        let now = Instant::now();
+        let mut rxs = Vec::new();
+        for _ in 0..20 {
+            let (pe, rx) = pending(&sem, 0, &[7u8; 200]);
+            s.push(pe, now);
+            rxs.push(rx);
+        }
+        let sealed = headers(&s, 0);
+        assert!(
+            sealed.len() >= 4,
+            "20 x 200 B in 1 KiB batches: {}",
+            sealed.len()
+        );
+        for h in &sealed {
+            assert!(h.total_len() <= 1024);
+        }
+        // Sequences stay contiguous across size-sealed batches.
+        let mut next = 0;
+        for h in &sealed {
+            assert_eq!(h.first_sequence, next);
+            next += u64::from(h.record_count);
+        }
+    }
+
+    #[test]
+    fn batches_are_sealed_by_linger() {
+        let sem = Arc::new(Semaphore::new(10));
+        let linger = Duration::from_millis(5);
+        let mut s = sender(1 << 20, linger);
+        let now = Instant::now();
+        let (pe, _rx) = pending(&sem, 0, b"x");
+        s.push(pe, now);
+        s.seal_all(Some(now + linger / 2));
+        assert!(headers(&s, 0).is_empty(), "not sealed before the linger");
+        s.seal_all(Some(now + linger));
+        assert_eq!(headers(&s, 0).len(), 1, "sealed at the linger");
+    }
+
+    #[test]
+    fn an_oversize_task_fails_alone() {
+        let sem = Arc::new(Semaphore::new(10));
+        let mut s = sender(1024, Duration::from_secs(1));
+        let now = Instant::now();
+        let (pe, mut rx) = pending(&sem, 0, &[0u8; 4096]);
+        s.push(pe, now);
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::TooLarge { .. }))));
+        let (pe, _rx) = pending(&sem, 0, b"ok");
+        s.push(pe, now);
+        s.seal_all(None);
+        let h = headers(&s, 0);
+        assert_eq!((h[0].first_sequence, h[0].record_count), (0, 1));
+    }
+
+    #[test]
+    fn task_builder_and_sizes() {
+        let t = Task::new("abc").key("k").header("h", "vv");
+        assert_eq!(t.data_len(), 3 + 1 + 1 + 2);
+    }
+}
