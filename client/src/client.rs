@@ -75,7 +75,7 @@ pub(crate) struct ClientInner {
 /// # async fn demo() -> Result<(), taskbroker_client::Error> {
 /// let client = Client::connect(["127.0.0.1:7070"]).await?;
 /// let producer = client.producer().build();
-/// let offset = producer.send(Task::new("resize img-1.png").key("img-1")).await?;
+/// let offset = producer.send("images", Task::new("resize img-1.png").key("img-1")).await?;
 /// println!("stored at partition {} offset {}", offset.partition, offset.offset);
 /// # Ok(()) }
 /// ```
