@@ -14,6 +14,7 @@
 //! | [`snapshot`] | durable snapshot slots |
 //! | [`network`] | the tarpc Raft service, per-peer connections, openraft's network |
 //! | [`router`] | multi-raft: a node hosting many groups, RPC dispatch by group id |
+//! | [`quiesce`] | idle groups stop ticking and heartbeating; node-level pings detect dead leaders |
 //! | [`error`] | [`RaftError`] |
 //!
 //! # Invariants
@@ -26,6 +27,7 @@ pub mod command;
 pub mod error;
 pub mod log_store;
 pub mod network;
+pub mod quiesce;
 pub mod router;
 pub mod snapshot;
 pub mod state_machine;

@@ -47,6 +47,8 @@ pub struct RaftTiming {
     pub snapshot_timeout_ms: u64,
     /// Deadline for one AppendEntries/Vote RPC, ms.
     pub rpc_timeout_ms: u64,
+    /// Quiesce idle groups (see [`crate::quiesce`]): no ticks or heartbeats while idle.
+    pub quiesce: bool,
 }
 
 impl Default for RaftTiming {
@@ -58,6 +60,7 @@ impl Default for RaftTiming {
             snapshot_every_entries: 20_000,
             snapshot_timeout_ms: 120_000,
             rpc_timeout_ms: 2_000,
+            quiesce: true,
         }
     }
 }
@@ -119,6 +122,10 @@ impl Group {
     /// The group id.
     pub fn id(&self) -> GroupId {
         self.id
+    }
+
+    pub(crate) fn raft_handle(&self) -> &typ::Raft {
+        &self.raft
     }
 
     /// The applied state (read-only).
@@ -332,6 +339,7 @@ pub struct RaftNode {
     peers: Peers,
     groups: RwLock<BTreeMap<GroupId, Group>>,
     opening: tokio::sync::Mutex<()>,
+    quiescer: Option<Arc<crate::quiesce::Quiescer>>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -345,18 +353,55 @@ impl std::fmt::Debug for RaftNode {
 impl RaftNode {
     /// A node with no groups yet. Incoming Raft connections are handed to
     /// [`RaftNode::serve_connection`]; outgoing ones use `transport`.
+    ///
+    /// Must be called inside a tokio runtime: with `timing.quiesce` it spawns the quiescence
+    /// loop, which ends when the node is dropped.
     pub fn new(
         config: RaftNodeConfig,
         disk: Arc<dyn Disk>,
         transport: Arc<dyn Transport>,
     ) -> Arc<RaftNode> {
-        Arc::new(RaftNode {
+        let quiesce = config.timing.quiesce;
+        let interval = Duration::from_millis(config.timing.heartbeat_interval_ms);
+        let alive_within = Duration::from_millis(config.timing.election_timeout_min_ms);
+        let quiescer = quiesce.then(|| Arc::new(crate::quiesce::Quiescer::default()));
+        let node = Arc::new(RaftNode {
             config,
             disk,
             peers: Peers::new(transport),
             groups: RwLock::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
-        })
+            quiescer: quiescer.clone(),
+        });
+        if let Some(q) = quiescer {
+            tokio::spawn(crate::quiesce::run(
+                Arc::downgrade(&node),
+                q,
+                interval,
+                alive_within,
+            ));
+        }
+        node
+    }
+
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// How many hosted groups are quiesced (not ticking) right now.
+    pub fn quiesced_groups(&self) -> usize {
+        self.quiescer.as_ref().map_or(0, |q| q.quiet_count())
+    }
+
+    /// The groups this node currently leads.
+    pub fn led_groups(&self) -> Vec<GroupId> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|g| g.raft.is_leader())
+            .map(|g| g.id)
+            .collect()
     }
 
     /// This node's id.

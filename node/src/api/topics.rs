@@ -11,7 +11,7 @@ use taskbroker_raft::state_machine::metadata::{
     MetaCommand, MetaError, MetaResponse, NodeInfo, TopicConfig, TopicInfo, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PARTITIONS, DEFAULT_REPLICATION_FACTOR, DEFAULT_VISIBILITY_TIMEOUT_MS,
 };
-use taskbroker_raft::state_machine::placement::place;
+use taskbroker_raft::state_machine::placement::{place, PlacementError};
 use taskbroker_raft::{Command, GroupId, Response};
 
 use super::{to_raft_mode, Api};
@@ -160,6 +160,26 @@ impl Api {
         .await
     }
 
+    /// Too few registered nodes is retryable while the initial peers are still registering.
+    fn placement_err(&self, e: PlacementError) -> ApiError {
+        let forming = match &e {
+            PlacementError::NoNodes => true,
+            PlacementError::NotEnoughNodes { replication, .. } => {
+                *replication as usize <= self.settings().peers.len()
+            }
+            PlacementError::ZeroReplication => false,
+        };
+        if forming {
+            ApiError::Unavailable {
+                reason: format!("{e} (nodes are still registering)"),
+            }
+        } else {
+            ApiError::InvalidArgument {
+                reason: e.to_string(),
+            }
+        }
+    }
+
     fn resolve_spec(&self, spec: &TopicSpec, nodes: usize) -> TopicConfig {
         let default_rf = DEFAULT_REPLICATION_FACTOR.min(u32::try_from(nodes).unwrap_or(u32::MAX));
         TopicConfig {
@@ -197,9 +217,7 @@ impl Api {
             };
         }
         let placement = place(&nodes, &load, config.partitions, config.replication_factor)
-            .map_err(|e| ApiError::InvalidArgument {
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.placement_err(e))?;
         let r = self
             .meta_write(MetaCommand::CreateTopic {
                 name,

@@ -214,6 +214,22 @@ impl Peers {
     }
 }
 
+impl Peers {
+    /// Pings `node`: the groups it leads, or an error if it does not answer within `timeout`.
+    pub async fn ping(
+        &self,
+        node: NodeId,
+        addr: &str,
+        from: NodeId,
+        timeout: Duration,
+    ) -> Result<Vec<GroupId>, PeerError> {
+        self.call(node, addr, timeout, |c, ctx| async move {
+            c.ping(ctx, from).await.map(Ok)
+        })
+        .await
+    }
+}
+
 /// openraft's network factory for one group.
 #[derive(Clone)]
 pub struct GroupNetworkFactory {

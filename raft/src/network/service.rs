@@ -57,6 +57,8 @@ pub trait RaftRpc {
         meta: typ::SnapshotMeta,
         data: Vec<u8>,
     ) -> Result<SnapshotResponse<TypeConfig>, RpcFailure>;
+    /// Node-level liveness for quiescence: answers with the groups this node leads.
+    async fn ping(from: NodeId) -> Vec<GroupId>;
     /// Leadership hand-off.
     async fn transfer_leader(
         group: GroupId,
@@ -126,6 +128,10 @@ impl RaftRpc for Server {
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(fail)
+    }
+
+    async fn ping(self, _: tarpc::context::Context, _from: NodeId) -> Vec<GroupId> {
+        self.node.led_groups()
     }
 
     async fn transfer_leader(
