@@ -101,12 +101,16 @@ async fn producer_retries_across_a_leader_kill_store_each_task_once() {
     assert_eq!(offsets.len(), total);
 
     // Read the partition back: every payload exactly once.
-    let mut consumer = client
-        .stream_consumer("idem", "check")
-        .wait(Duration::from_millis(100))
-        .build()
-        .await
-        .expect("consumer");
+    // The killed node may have led the metadata group too: give the cluster time to recover.
+    let mut consumer = eventually(Duration::from_secs(60), "a stream consumer", || async {
+        client
+            .stream_consumer("idem", "check")
+            .wait(Duration::from_millis(100))
+            .build()
+            .await
+            .ok()
+    })
+    .await;
     let mut seen = BTreeMap::new();
     while seen.len() < total {
         let r = tokio::time::timeout(Duration::from_secs(20), consumer.next())
