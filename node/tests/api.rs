@@ -40,7 +40,8 @@ async fn create_topic(c: &BrokerApiClient, name: &str, spec: TopicSpec) {
 /// The leader of `topic/partition` once every replica agrees one exists.
 async fn leader_of(cluster: &Cluster, topic: &str, partition: u32) -> u64 {
     eventually(Duration::from_secs(20), "a partition leader", || async {
-        let c = cluster.client(1).await;
+        let live = cluster.nodes.iter().find(|n| n.child.is_some())?.id;
+        let c = cluster.client(live).await;
         let m = c.metadata(ctx(), vec![topic.into()]).await.ok()?.ok()?;
         m.topics.first()?.partitions.get(partition as usize)?.leader
     })
@@ -456,6 +457,7 @@ async fn leader_kill_loses_nothing_and_restart_catches_up() {
     let mut cluster = Cluster::start(3);
     let c1 = cluster.client(1).await;
     create_topic(&c1, "k", spec(1, 3)).await;
+    drop(c1);
     let leader = leader_of(&cluster, "k", 0).await;
     let mut acked = Vec::new();
     for i in 0..20u64 {
@@ -488,12 +490,16 @@ async fn leader_kill_loses_nothing_and_restart_catches_up() {
         acked.push((r.base_offset, payload));
     }
     // Every acknowledged task is delivered by the new leader.
-    let new_leader = leader_of(&cluster, "k", 0).await;
     let mut seen = std::collections::BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen.len() < acked.len() && Instant::now() < deadline {
+        let new_leader = leader_of(&cluster, "k", 0).await;
+        if cluster.node(new_leader).child.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         let l = cluster.client(new_leader).await;
-        let Ok(Ok(f)) = l
+        let r = l
             .fetch(
                 ctx(),
                 FetchRequest {
@@ -506,9 +512,14 @@ async fn leader_kill_loses_nothing_and_restart_catches_up() {
                     wait_ms: 500,
                 },
             )
-            .await
-        else {
-            continue;
+            .await;
+        let f = match r {
+            Ok(Ok(f)) => f,
+            other => {
+                eprintln!("fetch from {new_leader}: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         for (o, p) in payloads(&f) {
             seen.insert(o, p);
