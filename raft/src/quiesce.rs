@@ -91,7 +91,12 @@ impl Quiescer {
 }
 
 /// Runs the quiescence loop of `node` until the node is dropped.
-pub(crate) async fn run(node: Weak<RaftNode>, quiescer: Arc<Quiescer>, interval: Duration, alive_within: Duration) {
+pub(crate) async fn run(
+    node: Weak<RaftNode>,
+    quiescer: Arc<Quiescer>,
+    interval: Duration,
+    alive_within: Duration,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -173,7 +178,12 @@ fn refresh_peers(node: &RaftNode, q: &Quiescer) {
     let mut found: BTreeMap<NodeId, String> = BTreeMap::new();
     for id in node.group_ids() {
         let Some(g) = node.group(id) else { continue };
-        let m = g.raft_handle().metrics().borrow_watched().membership_config.clone();
+        let m = g
+            .raft_handle()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
         for (nid, n) in m.membership().nodes() {
             if *nid != node.id() {
                 found.insert(*nid, n.addr.clone());

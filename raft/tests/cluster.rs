@@ -294,3 +294,56 @@ async fn membership_add_learner_promote_remove() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiesced_group_wakes_on_write_and_fails_over() {
+    let mut c = Cluster::start(3).await;
+    c.node(1)
+        .node
+        .group(G)
+        .unwrap()
+        .initialize(&members(&c.addrs))
+        .await
+        .unwrap();
+    c.leader().await;
+    assert_eq!(c.write_many(0, 0, 10).await, 10);
+
+    // Idle long enough: every replica quiesces (no ticks, no heartbeats).
+    let quiet = |c: &Cluster| {
+        c.nodes
+            .iter()
+            .flatten()
+            .all(|n| n.node.quiesced_groups() == 1)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !quiet(&c) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(quiet(&c), "all replicas quiesce when idle");
+
+    // A write wakes the group and commits.
+    assert_eq!(c.write_many(0, 10, 10).await, 10);
+
+    // Quiet again, then kill the leader: followers notice through node pings and elect.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !quiet(&c) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(quiet(&c));
+    let leader = c.leader().await;
+    c.nodes[(leader - 1) as usize].take().unwrap().stop().await;
+    let t = tokio::time::Instant::now();
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "failover took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(c.write_many(0, 20, 10).await, 10);
+    let g = c.node(new_leader).node.group(G).unwrap();
+    assert_eq!(g.state().read().next_offset, 30);
+    for n in c.nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}

@@ -23,6 +23,7 @@ pub fn fast_timing() -> RaftTiming {
         snapshot_every_entries: 1_000_000,
         snapshot_timeout_ms: 10_000,
         rpc_timeout_ms: 1_000,
+        quiesce: true,
     }
 }
 
