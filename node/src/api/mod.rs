@@ -191,7 +191,7 @@ impl Api {
                 leader_addr: self.node_addr(id),
             },
             _ => ApiError::Unavailable {
-                reason: "no leader known".into(),
+                reason: format!("no leader known (hint {hint:?})"),
             },
         }
     }

@@ -14,9 +14,10 @@
 //!   replica set), so concurrent initialisations agree.
 //!
 //! # Design notes
-//! - Preferred leader: the first replica. A leader that is not the preferred replica hands
-//!   leadership to it once it has caught up (zero lag), at most once per
-//!   [`PREFERRED_LEADER_CHECK`] per group, so leadership spreads back after a restart.
+//! - Preferred leader: the first replica is only a hint for clients. Handing leadership back
+//!   to it is not done: a first attempt (transfer when its lag reads 0) could target a dead
+//!   node whose stale lag read 0 and left the partition refusing writes; it needs a liveness
+//!   signal first.
 //! - Groups of topics deleted while this node was down stay on disk (the reconciler never
 //!   opened them); a disk sweep is future work.
 
@@ -39,10 +40,8 @@ pub const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between registration attempts (the metadata leader may not be elected yet).
 pub const REGISTER_RETRY: Duration = Duration::from_millis(500);
 /// The reconciler re-checks even without a metadata change this often (to retry failures and
-/// check preferred leaders).
+/// pick up registrations).
 pub const RECONCILE_TICK: Duration = Duration::from_secs(2);
-/// How often a leader may hand a group back to its preferred replica.
-pub const PREFERRED_LEADER_CHECK: Duration = Duration::from_secs(10);
 /// Most groups the reconciler opens per pass: bounds one pass's work; the next pass continues.
 pub const GROUPS_OPENED_PER_PASS_MAX: usize = 256;
 
@@ -102,9 +101,8 @@ pub async fn register(api: Api, config: NodeConfig) {
 pub async fn reconcile_loop(api: Api) {
     let mut watch = api.meta().state().watch_applied();
     let mut opened: BTreeSet<GroupId> = BTreeSet::new();
-    let mut last_transfer: BTreeMap<GroupId, tokio::time::Instant> = BTreeMap::new();
     loop {
-        reconcile_once(&api, &mut opened, &mut last_transfer).await;
+        reconcile_once(&api, &mut opened).await;
         tokio::select! {
             biased;
             changed = watch.changed() => {
@@ -117,11 +115,7 @@ pub async fn reconcile_loop(api: Api) {
     }
 }
 
-async fn reconcile_once(
-    api: &Api,
-    opened: &mut BTreeSet<GroupId>,
-    last_transfer: &mut BTreeMap<GroupId, tokio::time::Instant>,
-) {
+async fn reconcile_once(api: &Api, opened: &mut BTreeSet<GroupId>) {
     let me = api.settings().node_id;
     // (group, replicas) placed on this node.
     let wanted: BTreeMap<GroupId, Vec<NodeId>> = {
@@ -135,7 +129,6 @@ async fn reconcile_once(
     let mut opened_now = 0;
     for (gid, replicas) in &wanted {
         if raft.group(*gid).is_some() && opened.contains(gid) {
-            maybe_prefer_leader(api, *gid, replicas, last_transfer).await;
             continue;
         }
         if opened_now >= GROUPS_OPENED_PER_PASS_MAX {
@@ -171,48 +164,10 @@ async fn reconcile_once(
         match raft.delete_group(gid).await {
             Ok(()) => {
                 opened.remove(&gid);
-                last_transfer.remove(&gid);
                 tracing::info!(group = %gid, "partition group deleted");
             }
             Err(e) => tracing::warn!(group = %gid, error = %e, "deleting partition group"),
         }
-    }
-}
-
-async fn maybe_prefer_leader(
-    api: &Api,
-    gid: GroupId,
-    replicas: &[NodeId],
-    last_transfer: &mut BTreeMap<GroupId, tokio::time::Instant>,
-) {
-    let me = api.settings().node_id;
-    let Some(&preferred) = replicas.first() else {
-        return;
-    };
-    if preferred == me {
-        return;
-    }
-    let Some(g) = api.raft().group(gid) else {
-        return;
-    };
-    if !g.is_leader() {
-        return;
-    }
-    let now = tokio::time::Instant::now();
-    if last_transfer
-        .get(&gid)
-        .is_some_and(|t| now.duration_since(*t) < PREFERRED_LEADER_CHECK)
-    {
-        return;
-    }
-    let m = g.metrics();
-    if m.follower_lag.get(&preferred) != Some(&0) {
-        return;
-    }
-    last_transfer.insert(gid, now);
-    tracing::info!(group = %gid, to = preferred, "handing leadership to the preferred replica");
-    if let Err(e) = g.transfer_leader(preferred).await {
-        tracing::debug!(group = %gid, error = %e, "preferred leader transfer");
     }
 }
 
