@@ -61,7 +61,11 @@ pub struct LogConfig {
     pub group_commit_bytes_max: usize,
     /// Largest frame payload accepted and decoded: bounds memory used by a corrupt length.
     pub frame_payload_bytes_max: u32,
-    /// Preallocate new segments to `segment_bytes_max`: fewer metadata updates per fdatasync.
+    /// Pre-zero new segments to `segment_bytes_max` (write zeros + fdatasync ahead of time,
+    /// then rename into place), so appends overwrite written blocks and each fdatasync flushes
+    /// data only. Costs one extra write of every segment byte, mostly in the background, and
+    /// up to one spare segment of disk space per log. Falls back to `fallocate` where the disk
+    /// cannot rename.
     pub preallocate: bool,
 }
 
