@@ -191,6 +191,37 @@ impl Group {
         }
     }
 
+    /// Forms the group without an election storm: the replica of `rank` 0 (the preferred
+    /// leader) initialises at once; the replica of rank k waits `k * step` and initialises only
+    /// if by then the group is still uninitialised here and no leader is known (the preferred
+    /// replica is down). Several replicas initialising at the same instant would all vote for
+    /// themselves in the same term and split the first election.
+    ///
+    /// Returns at once; the delayed initialisation runs in the background.
+    pub async fn bootstrap(
+        &self,
+        members: &BTreeMap<NodeId, String>,
+        rank: usize,
+        step: Duration,
+    ) -> Result<(), RaftError> {
+        if rank == 0 {
+            return self.initialize(members).await;
+        }
+        let g = self.clone();
+        let members = members.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(step * rank as u32).await;
+            let initialised = g.raft.is_initialized().await.unwrap_or(true);
+            if !initialised && g.leader().is_none() {
+                tracing::info!(group = %g.id, rank, "preferred replica silent; initialising");
+                if let Err(e) = g.initialize(&members).await {
+                    tracing::warn!(group = %g.id, error = %e, "delayed initialise");
+                }
+            }
+        });
+        Ok(())
+    }
+
     /// Proposes `cmd` and waits until it is committed and applied; returns the state machine's
     /// answer. Fails with [`RaftError::NotLeader`] on a follower.
     pub async fn write(&self, cmd: Command) -> Result<Response, RaftError> {

@@ -45,13 +45,23 @@ pub const RECONCILE_TICK: Duration = Duration::from_secs(2);
 /// Most groups the reconciler opens per pass: bounds one pass's work; the next pass continues.
 pub const GROUPS_OPENED_PER_PASS_MAX: usize = 256;
 
-/// Opens the metadata group and makes sure it is initialised.
+/// A replica of rank k initialises a leaderless group only after k times this (see
+/// `Group::bootstrap`): long enough for the preferred replica's first election to finish.
+pub const BOOTSTRAP_STEP: Duration = Duration::from_secs(4);
+
+/// Opens the metadata group and makes sure it gets initialised: the lowest-id peer forms it,
+/// the others step in one after another only if it stays silent.
 pub async fn bootstrap(
     raft: &RaftNode,
     config: &NodeConfig,
 ) -> Result<Group, taskbroker_raft::RaftError> {
     let meta = raft.open_group(GroupId::METADATA).await?;
-    meta.initialize(&config.peers).await?;
+    let rank = config
+        .peers
+        .keys()
+        .position(|id| *id == config.node_id)
+        .unwrap_or(0);
+    meta.bootstrap(&config.peers, rank, BOOTSTRAP_STEP).await?;
     Ok(meta)
 }
 
@@ -144,7 +154,14 @@ async fn reconcile_once(api: &Api, opened: &mut BTreeSet<GroupId>) {
             continue;
         };
         match raft.open_group(*gid).await {
-            Ok(g) => match g.initialize(&members).await {
+            Ok(g) => match g
+                .bootstrap(
+                    &members,
+                    replicas.iter().position(|r| *r == me).unwrap_or(0),
+                    BOOTSTRAP_STEP,
+                )
+                .await
+            {
                 Ok(()) => {
                     opened.insert(*gid);
                     tracing::info!(group = %gid, ?replicas, "partition group running");

@@ -127,7 +127,7 @@ impl Cluster {
             .expect("log file");
         let child = Command::new(bin())
             .args(serve_args(id, &n.listen, &n.http, &n.data_dir, &peers))
-            .env("RUST_LOG", "info,openraft=warn,tarpc=warn")
+            .env("RUST_LOG", "info,openraft=info,tarpc=warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -195,6 +195,17 @@ impl Drop for Cluster {
             if let Some(mut c) = n.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            // The nodes' logs are the only record of what the cluster did: show their tails.
+            for n in &self.nodes {
+                let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("--- node {} log (last {} lines) ---", n.id, tail.len());
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
             }
         }
     }
