@@ -72,6 +72,8 @@ fn config(preallocate: bool) -> LogConfig {
         group_commit_bytes_max: 8192,
         frame_payload_bytes_max: 1 << 20,
         preallocate,
+        // Recycling on whenever pre-zeroing is: purges in the model feed later segments.
+        recycle_segments_max: 2,
     }
 }
 

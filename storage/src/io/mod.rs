@@ -125,6 +125,11 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
             ))
         })
     }
+    /// A random value (segment salts). Real backends use the OS-seeded thread RNG; the
+    /// simulated disk draws from its own seeded RNG, so simulations stay deterministic.
+    fn random_u64(&self) -> u64 {
+        rand::random()
+    }
 }
 
 /// An open file with positional, owned-buffer I/O.

@@ -53,6 +53,9 @@ struct Node {
 #[derive(Debug)]
 struct State {
     rng: ChaCha8Rng,
+    /// For [`Disk::random_u64`]; separate from `rng` so crash outcomes do not depend on how
+    /// many values the log drew.
+    salt_rng: ChaCha8Rng,
     /// Incremented by every crash; handles from older epochs are dead.
     epoch: u64,
     next_node: u64,
@@ -97,6 +100,7 @@ impl SimDisk {
         SimDisk {
             state: Arc::new(Mutex::new(State {
                 rng: ChaCha8Rng::seed_from_u64(seed),
+                salt_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5a17_5a17_5a17_5a17),
                 epoch: 0,
                 next_node: 0,
                 nodes: BTreeMap::new(),
@@ -319,6 +323,9 @@ impl Disk for SimDisk {
             st.current.insert(to, id);
             Ok(())
         })
+    }
+    fn random_u64(&self) -> u64 {
+        self.lock().salt_rng.random()
     }
 }
 

@@ -9,16 +9,22 @@
 //!   8    4 payload_len     bytes of payload (padding excluded)
 //!  12    4 record_count    records in the payload (dense offsets; may be 0)
 //!  16    8 index           log index of this frame
-//!  24    4 crc32c          over bytes 0..24 and the payload (padding excluded)
-//!  28    4 padding         0
+//!  24    4 salt            the segment's salt (see below), in clear
+//!  28    4 crc32c          over bytes 0..28 (salt included) and the payload (no padding)
 //!  32    …  payload, then zeros up to the next 16-byte boundary
 //! ```
 //!
 //! *Invariants:* every frame starts at a 16-aligned file position, so every payload does too
-//! (zero-copy rkyv access); an all-zero header marks the end of data (the preallocated tail).
+//! (zero-copy rkyv access); an all-zero header marks the end of data (a pre-zeroed tail).
 //!
 //! *Design notes:* the CRC covers the payload because rkyv validation cannot notice flipped
 //! payload bytes; it also covers the index, so a frame copied to the wrong place fails too.
+//! Version 2 added the *salt*: a random per-segment value from the segment header. Segment
+//! files are recycled (a purged segment's file becomes a later segment), so a file holds
+//! stale frames of its previous life past the end of the current data; those carry another
+//! salt, so a reader that checks `header.salt` against its segment's salt (the CRC covers the
+//! salt, so a bit flip cannot forge a match) sees the end of data there, never a frame.
+//! Version 1 (no salt; CRC at byte 24) is not readable by this version.
 
 /// Frame header length in bytes.
 pub const FRAME_HEADER_BYTES: usize = 32;
@@ -27,7 +33,7 @@ pub const FRAME_ALIGN_BYTES: usize = 16;
 /// `"TBFR"` little-endian.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"TBFR");
 /// Current frame format version.
-pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_VERSION: u8 = 2;
 
 /// Why a byte range is not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +91,8 @@ pub struct FrameHeader {
     pub record_count: u32,
     /// Log index.
     pub index: u64,
+    /// The salt of the segment the frame was written for.
+    pub salt: u32,
     /// Stored CRC32C.
     pub crc: u32,
 }
@@ -129,14 +137,23 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn header_prefix(payload_len: u32, record_count: u32, index: u64) -> [u8; 24] {
-    let mut h = [0u8; 24];
+/// Bytes of the header covered by the CRC (everything before it).
+const CRC_AT: usize = 28;
+
+fn header_prefix(payload_len: u32, record_count: u32, index: u64, salt: u32) -> [u8; CRC_AT] {
+    let mut h = [0u8; CRC_AT];
     h[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
     h[4] = FRAME_VERSION;
     h[8..12].copy_from_slice(&payload_len.to_le_bytes());
     h[12..16].copy_from_slice(&record_count.to_le_bytes());
     h[16..24].copy_from_slice(&index.to_le_bytes());
+    h[24..28].copy_from_slice(&salt.to_le_bytes());
     h
+}
+
+/// CRC32C of a payload, for [`encode_frame_salted`] (computed once, by the appender).
+pub fn payload_crc(payload: &[u8]) -> u32 {
+    crc32c::crc32c(payload)
 }
 
 /// Appends one encoded frame (header, payload, zero padding) to `out`.
@@ -155,13 +172,28 @@ fn header_prefix(payload_len: u32, record_count: u32, index: u64) -> [u8; 24] {
 /// assert_eq!(buf.len(), 48);
 /// ```
 pub fn encode_frame(out: &mut Vec<u8>, index: u64, record_count: u32, payload: &[u8]) {
+    encode_frame_salted(out, 0, index, record_count, payload, payload_crc(payload));
+}
+
+/// Appends one encoded frame of a segment with salt `salt`; `payload_crc` must be
+/// [`payload_crc`]`(payload)` (precomputed so the CRC pass over the payload happens outside
+/// the writer; the header's CRC is combined with it).
+///
+/// # Panics
+/// If `payload.len()` does not fit in a `u32` (callers check `frame_payload_bytes_max` first).
+pub fn encode_frame_salted(
+    out: &mut Vec<u8>,
+    salt: u32,
+    index: u64,
+    record_count: u32,
+    payload: &[u8],
+    payload_crc: u32,
+) {
     let len = u32::try_from(payload.len()).expect("payload length checked by the caller");
-    let prefix = header_prefix(len, record_count, index);
-    let mut crc = crc32c::crc32c(&prefix);
-    crc = crc32c::crc32c_append(crc, payload);
+    let prefix = header_prefix(len, record_count, index, salt);
+    let crc = crc32c::crc32c_combine(crc32c::crc32c(&prefix), payload_crc, payload.len());
     out.extend_from_slice(&prefix);
     out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
     out.extend_from_slice(payload);
     let pad = pad16(payload.len()) - payload.len();
     out.extend_from_slice(&[0u8; FRAME_ALIGN_BYTES][..pad]);
@@ -189,7 +221,7 @@ pub fn decode_header(buf: &[u8], payload_bytes_max: u32) -> Result<FrameHeader, 
     if h[4] != FRAME_VERSION {
         return Err(FrameError::BadVersion { found: h[4] });
     }
-    if h[5] != 0 || h[6] != 0 || h[7] != 0 || h[28..32].iter().any(|b| *b != 0) {
+    if h[5] != 0 || h[6] != 0 || h[7] != 0 {
         return Err(FrameError::BadReserved);
     }
     let payload_len = le_u32(h, 8);
@@ -203,7 +235,8 @@ pub fn decode_header(buf: &[u8], payload_bytes_max: u32) -> Result<FrameHeader, 
         payload_len,
         record_count: le_u32(h, 12),
         index: le_u64(h, 16),
-        crc: le_u32(h, 24),
+        salt: le_u32(h, 24),
+        crc: le_u32(h, CRC_AT),
     })
 }
 
@@ -225,7 +258,7 @@ pub fn decode_frame(buf: &[u8], payload_bytes_max: u32) -> Result<DecodedFrame<'
         });
     }
     let payload = &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + payload_len];
-    let mut crc = crc32c::crc32c(&buf[..24]);
+    let mut crc = crc32c::crc32c(&buf[..CRC_AT]);
     crc = crc32c::crc32c_append(crc, payload);
     if crc != header.crc {
         return Err(FrameError::BadChecksum {
@@ -256,6 +289,23 @@ mod tests {
             assert_eq!(f.payload, &payload[..]);
             assert_eq!(f.header.index, 42);
             assert_eq!(f.frame_len, buf.len());
+            let mut salted = Vec::new();
+            encode_frame_salted(
+                &mut salted,
+                0xdead_beef,
+                42,
+                9,
+                &payload,
+                payload_crc(&payload),
+            );
+            let f = decode_frame(&salted, 1 << 20).unwrap();
+            assert_eq!((f.header.salt, f.payload), (0xdead_beef, &payload[..]));
+            // The salt is covered by the CRC: a stale frame cannot be re-salted by a flip.
+            salted[24] ^= 1;
+            assert!(matches!(
+                decode_frame(&salted, 1 << 20),
+                Err(FrameError::BadChecksum { .. })
+            ));
         }
     }
 

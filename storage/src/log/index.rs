@@ -1,8 +1,9 @@
 //! The per-segment `.index` file, written when a segment is sealed and on close.
 //!
 //! ```text
-//! header (56 bytes) = magic u32 "TBIX" | version u32 | base_index u64 | base_offset u64
+//! header (64 bytes) = magic u32 "TBIX" | version u32 | base_index u64 | base_offset u64
 //!                     | frame_count u64 | end_pos u64 | end_offset u64 | sparse_count u64
+//!                     | salt u64 (the segment life's salt: binds the index to one life)
 //! record_count u32 × frame_count         (dense: rebuilds every frame's offset)
 //! (index u64, offset u64, pos u64) × sparse_count   (every index_interval_bytes)
 //! crc32c u32 over everything before it
@@ -15,8 +16,8 @@
 /// `"TBIX"` little-endian.
 pub const INDEX_MAGIC: u32 = u32::from_le_bytes(*b"TBIX");
 /// Index format version.
-pub const INDEX_VERSION: u32 = 1;
-const HEADER_BYTES: usize = 56;
+pub const INDEX_VERSION: u32 = 2;
+const HEADER_BYTES: usize = 64;
 
 /// The decoded contents of an index file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub struct IndexData {
     pub sparse: Vec<(u64, u64)>,
     /// End of valid data.
     pub end_pos: u64,
+    /// Salt of the segment life the index describes.
+    pub salt: u32,
 }
 
 /// Encodes an index file.
@@ -47,6 +50,7 @@ pub fn encode_index(d: &IndexData) -> Vec<u8> {
         d.end_pos,
         d.end_offset,
         d.sparse.len() as u64,
+        u64::from(d.salt),
     ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
@@ -104,6 +108,7 @@ pub fn decode_index(buf: &[u8]) -> Result<IndexData, String> {
     let end_pos = r.u64().ok_or_else(bad)?;
     let end_offset = r.u64().ok_or_else(bad)?;
     let sparse_count = r.u64().ok_or_else(bad)?;
+    let salt = u32::try_from(r.u64().ok_or_else(bad)?).map_err(|_| "bad index salt")?;
     let expect = frame_count
         .checked_mul(4)
         .and_then(|a| sparse_count.checked_mul(24).and_then(|b| a.checked_add(b)));
@@ -138,6 +143,7 @@ pub fn decode_index(buf: &[u8]) -> Result<IndexData, String> {
         end_offset,
         sparse,
         end_pos,
+        salt,
     })
 }
 
@@ -154,6 +160,7 @@ mod tests {
             end_offset: 111,
             sparse: vec![(10, 32), (12, 4096)],
             end_pos: 9000,
+            salt: 77,
         };
         let enc = encode_index(&d);
         assert_eq!(decode_index(&enc), Ok(d));

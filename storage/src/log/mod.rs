@@ -65,8 +65,13 @@ pub struct LogConfig {
     /// then rename into place), so appends overwrite written blocks and each fdatasync flushes
     /// data only. Costs one extra write of every segment byte, mostly in the background, and
     /// up to one spare segment of disk space per log. Falls back to `fallocate` where the disk
-    /// cannot rename.
+    /// cannot rename. Also enables segment recycling (`recycle_segments_max`).
     pub preallocate: bool,
+    /// Purged segment files kept (renamed to spares) and reused as later segments instead of
+    /// zeroing new ones: in the steady state every byte is written once, over written blocks.
+    /// Bounds the disk space a log keeps after a purge (this many × `segment_bytes_max`).
+    /// 0 disables recycling. Needs `preallocate` and a disk that can rename.
+    pub recycle_segments_max: usize,
 }
 
 impl Default for LogConfig {
@@ -77,6 +82,7 @@ impl Default for LogConfig {
             group_commit_bytes_max: 4 * 1024 * 1024,
             frame_payload_bytes_max: 32 * 1024 * 1024,
             preallocate: true,
+            recycle_segments_max: 4,
         }
     }
 }
@@ -425,6 +431,12 @@ impl Log {
                 max,
             });
         }
+        // The payload CRC pass runs here, on the caller's thread and outside the lock; the
+        // writer only combines it with the header's CRC.
+        let crcs: Vec<u32> = frames
+            .iter()
+            .map(|f| frame::payload_crc(&f.payload))
+            .collect();
         let mut guard = self.lock();
         let st = &mut *guard;
         st.check_usable()?;
@@ -437,13 +449,14 @@ impl Log {
         let mut bytes = 0usize;
         let mut tail = Vec::with_capacity(frames.len());
         let mut id = st.next_id;
-        for f in frames {
+        for (f, crc) in frames.into_iter().zip(crcs) {
             let payload = reader::aligned(f.payload);
             bytes += frame::frame_len(payload.len());
             pending.push(PendingFrame {
                 index,
                 record_count: f.record_count,
                 payload: payload.clone(),
+                crc,
             });
             tail.push(TailFrame {
                 id,
@@ -499,7 +512,18 @@ impl Log {
                 Ok(frames) => return Ok(frames),
                 Err(e) => {
                     attempt += 1;
-                    let raced = self.lock().epoch != plan.epoch;
+                    let (epoch, first_index) = {
+                        let st = self.lock();
+                        (st.epoch, st.first_index)
+                    };
+                    if from_index < first_index {
+                        // A purge raced the read (a purged file may have been recycled).
+                        return Err(StorageError::IndexPurged {
+                            index: from_index,
+                            first_index,
+                        });
+                    }
+                    let raced = epoch != plan.epoch;
                     if !raced || attempt >= READ_RETRIES_MAX {
                         return Err(e);
                     }
@@ -544,6 +568,7 @@ impl Log {
                 let lo = (start - seg.base_index) as usize;
                 let hi = (stop - seg.base_index) as usize;
                 segs.push(SegRead {
+                    salt: seg.salt,
                     file: seg.file.clone(),
                     path: seg.path.clone(),
                     scan: seg.scan_start(start),
@@ -582,8 +607,14 @@ impl Log {
             |out: &Vec<Frame>, bytes: usize, len: usize| out.is_empty() || bytes + len <= max_bytes;
         for s in &plan.segs {
             let (mut idx, pos) = s.scan;
-            let mut cur =
-                reader::Cursor::new(s.file.as_ref(), &s.path, pos, s.end_pos, plan.payload_max);
+            let mut cur = reader::Cursor::new(
+                s.file.as_ref(),
+                &s.path,
+                pos,
+                s.end_pos,
+                s.salt,
+                plan.payload_max,
+            );
             while idx < s.stop {
                 let Some(f) = cur.next().await? else {
                     return Err(StorageError::corrupt(
@@ -884,6 +915,7 @@ impl Log {
 }
 
 struct SegRead {
+    salt: u32,
     file: Arc<dyn crate::io::DiskFile>,
     path: PathBuf,
     scan: (u64, u64),

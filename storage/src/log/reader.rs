@@ -55,6 +55,7 @@ pub(crate) struct Cursor<'a> {
     path: &'a Path,
     pub(crate) pos: u64,
     end: u64,
+    salt: u32,
     window: Bytes,
     window_pos: u64,
     payload_max: u32,
@@ -66,6 +67,7 @@ impl<'a> Cursor<'a> {
         path: &'a Path,
         pos: u64,
         end: u64,
+        salt: u32,
         payload_max: u32,
     ) -> Self {
         Cursor {
@@ -73,6 +75,7 @@ impl<'a> Cursor<'a> {
             path,
             pos,
             end,
+            salt,
             window: Bytes::new(),
             window_pos: pos,
             payload_max,
@@ -130,6 +133,16 @@ impl<'a> Cursor<'a> {
         let at = (self.pos - self.window_pos) as usize;
         let frame =
             decode_frame(&self.window[at..at + len], self.payload_max).map_err(|e| self.bad(e))?;
+        if header.salt != self.salt {
+            return Err(StorageError::corrupt(
+                self.path,
+                self.pos,
+                format!(
+                    "frame of another segment life (salt {:#010x}, expected {:#010x})",
+                    header.salt, self.salt
+                ),
+            ));
+        }
         let payload_len = frame.payload.len();
         let payload = aligned(
             self.window
@@ -156,10 +169,11 @@ pub(crate) async fn find_frame_pos(
     start: (u64, u64),
     target: u64,
     end: u64,
+    salt: u32,
     payload_max: u32,
 ) -> Result<u64, StorageError> {
     let (mut idx, pos) = start;
-    let mut cur = Cursor::new(file, path, pos, end, payload_max);
+    let mut cur = Cursor::new(file, path, pos, end, salt, payload_max);
     while idx < target {
         match cur.next().await? {
             Some(f) if f.header.index == idx => idx += 1,

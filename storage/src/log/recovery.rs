@@ -6,18 +6,27 @@
 //! drop segments entirely below the anchor (a purge that crashed half-way).
 //!
 //! *Invariants:* a bad frame at the end of the tail segment with no valid frame after it is a
-//! torn write: truncated (logged at `warn`). Any other bad byte — in a sealed segment, or
-//! followed by a valid frame — is [`StorageError::Corrupt`]: never silently dropped, because
-//! it may hold acknowledged data.
+//! torn write: cut (its header is zeroed and fdatasync'd; logged at `warn`). Any other bad
+//! byte — in a sealed segment, or followed by a valid frame — is [`StorageError::Corrupt`]:
+//! never silently dropped, because it may hold acknowledged data.
+//!
+//! *Recycled files:* a segment's data ends at an all-zero header or at a frame whose salt is
+//! not the segment's (a stale frame of the file's previous life, see [`super::frame`]); in
+//! the tail segment, recovery then checks that no valid frame of *this* salt with a later
+//! index follows anywhere in the file (that would be damage, reported as `Corrupt`). The
+//! tail segment is fdatasync'd after recovery, so frames it accepted from the page cache
+//! (written, never synced, by a process that died) are durable before anyone relies on them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::frame::FRAME_HEADER_BYTES;
 use super::frame::{decode_frame, FrameError, FRAME_ALIGN_BYTES, FRAME_MAGIC};
 use super::index::{decode_index, encode_index, IndexData};
 use super::segment::{
-    decode_segment_header, index_file_name, parse_segment_name, Segment, SEGMENT_HEADER_BYTES,
+    decode_segment_header, index_file_name, parse_segment_name, Segment, SegmentHeader,
+    SEGMENT_HEADER_BYTES,
 };
 use super::LogConfig;
 use crate::io::{read_exact_at, Disk, DiskFile};
@@ -85,6 +94,10 @@ fn scan_segment(
             return Ok(Scan { seg, torn_at: None });
         }
         match decode_frame(&buf[pos..], max) {
+            Ok(f) if f.header.salt != seg.salt => {
+                // A stale frame of the file's previous life: the end of this life's data.
+                return end_of_data(buf, pos, seg, max, tail);
+            }
             Ok(f) => {
                 let expected = seg.next_index();
                 if f.header.index != expected {
@@ -105,7 +118,7 @@ fn scan_segment(
                 );
                 pos += f.frame_len;
             }
-            Err(FrameError::EndOfData) => return Ok(Scan { seg, torn_at: None }),
+            Err(FrameError::EndOfData) => return end_of_data(buf, pos, seg, max, tail),
             Err(e) => {
                 if !tail {
                     return Err(StorageError::corrupt(
@@ -114,9 +127,13 @@ fn scan_segment(
                         format!("invalid frame in a sealed segment: {e}"),
                     ));
                 }
-                if let Some(later) =
-                    valid_frame_after(buf, pos + FRAME_ALIGN_BYTES, seg.next_index(), max)
-                {
+                if let Some(later) = valid_frame_after(
+                    buf,
+                    pos + FRAME_ALIGN_BYTES,
+                    seg.next_index(),
+                    Some(seg.salt),
+                    max,
+                ) {
                     return Err(StorageError::corrupt(
                         &seg.path,
                         pos as u64,
@@ -132,16 +149,51 @@ fn scan_segment(
     }
 }
 
-/// First 16-aligned position at or after `from` holding a valid frame with index >= `min_index`.
-fn valid_frame_after(buf: &[u8], from: usize, min_index: u64, max: u32) -> Option<usize> {
+/// The clean end of a segment's data at `pos` (zeros or a stale frame). In the tail segment,
+/// a valid frame of this segment life with a later index anywhere after it is damage.
+fn end_of_data(
+    buf: &[u8],
+    pos: usize,
+    seg: Segment,
+    max: u32,
+    tail: bool,
+) -> Result<Scan, StorageError> {
+    if tail {
+        if let Some(later) = valid_frame_after(
+            buf,
+            pos + FRAME_ALIGN_BYTES,
+            seg.next_index(),
+            Some(seg.salt),
+            max,
+        ) {
+            return Err(StorageError::corrupt(
+                &seg.path,
+                pos as u64,
+                format!("the data ends here, but a valid frame follows at byte {later}"),
+            ));
+        }
+    }
+    Ok(Scan { seg, torn_at: None })
+}
+
+/// First 16-aligned position at or after `from` holding a valid frame with index >=
+/// `min_index` (and salt `salt`, if given).
+fn valid_frame_after(
+    buf: &[u8],
+    from: usize,
+    min_index: u64,
+    salt: Option<u32>,
+    max: u32,
+) -> Option<usize> {
     let magic = FRAME_MAGIC.to_le_bytes();
     let mut pos = from.next_multiple_of(FRAME_ALIGN_BYTES);
     while pos + 4 <= buf.len() {
         if buf[pos..pos + 4] == magic {
-            if let Ok(f) = decode_frame(&buf[pos..], max) {
-                if f.header.index >= min_index {
-                    return Some(pos);
-                }
+            // Cheap header checks first: stale frames of a recycled file fail on the salt.
+            let candidate = super::frame::decode_header(&buf[pos..], max)
+                .is_ok_and(|h| h.index >= min_index && salt.is_none_or(|s| s == h.salt));
+            if candidate && decode_frame(&buf[pos..], max).is_ok() {
+                return Some(pos);
             }
         }
         pos += FRAME_ALIGN_BYTES;
@@ -312,7 +364,7 @@ pub(crate) async fn remove_index_file(
 async fn read_header(
     file: &dyn DiskFile,
     path: &Path,
-) -> Result<Result<(u64, u64), String>, StorageError> {
+) -> Result<Result<SegmentHeader, String>, StorageError> {
     let (n, buf) = file
         .read_at(vec![0u8; SEGMENT_HEADER_BYTES as usize], 0)
         .await
@@ -330,21 +382,21 @@ async fn load_sealed(
     config: &LogConfig,
     force_scan: bool,
 ) -> Result<Segment, StorageError> {
-    let (hb, ho) = read_header(file.as_ref(), path)
+    let h = read_header(file.as_ref(), path)
         .await?
         .map_err(|r| StorageError::corrupt(path, 0, r))?;
-    if hb != base {
+    if h.base_index != base {
         return Err(StorageError::corrupt(
             path,
             0,
-            format!("segment header says base index {hb}"),
+            format!("segment header says base index {}", h.base_index),
         ));
     }
     let ipath = dir.join(index_file_name(base));
     if !force_scan {
-        match load_index(disk, &ipath, file.as_ref(), base, ho).await {
+        match load_index(disk, &ipath, file.as_ref(), h).await {
             Ok(d) => {
-                let mut seg = Segment::new(base, ho, path.to_path_buf(), file);
+                let mut seg = Segment::new(h, path.to_path_buf(), file);
                 seg.offsets = d.offsets;
                 seg.end_offset = d.end_offset;
                 seg.sparse = d.sparse;
@@ -359,7 +411,7 @@ async fn load_sealed(
     let buf = read_whole(file.as_ref(), path).await?;
     let scan = scan_segment(
         &buf,
-        Segment::new(base, ho, path.to_path_buf(), file),
+        Segment::new(h, path.to_path_buf(), file),
         config,
         false,
     )?;
@@ -371,8 +423,7 @@ async fn load_index(
     disk: &dyn Disk,
     ipath: &Path,
     seg_file: &dyn DiskFile,
-    base: u64,
-    base_offset: u64,
+    h: SegmentHeader,
 ) -> Result<IndexData, String> {
     let f = disk
         .open(ipath, false)
@@ -383,8 +434,8 @@ async fn load_index(
         .await
         .map_err(|e| e.to_string())?;
     let d = decode_index(&buf)?;
-    if d.base_index != base || d.base_offset != base_offset {
-        return Err("index belongs to another segment".into());
+    if d.base_index != h.base_index || d.base_offset != h.base_offset || d.salt != h.salt {
+        return Err("index belongs to another segment (or another life of its file)".into());
     }
     let seg_len = seg_file.len().await.map_err(|e| e.to_string())?;
     if d.end_pos > seg_len {
@@ -403,6 +454,7 @@ pub(crate) async fn write_index(disk: &dyn Disk, dir: &Path, seg: &Segment) {
         end_offset: seg.end_offset,
         sparse: seg.sparse.clone(),
         end_pos: seg.end_pos,
+        salt: seg.salt,
     });
     let res = async {
         let f = disk.open(&ipath, true).await?;
@@ -426,13 +478,17 @@ async fn recover_tail(
     config: &LogConfig,
 ) -> Result<Option<Segment>, StorageError> {
     let buf = read_whole(file.as_ref(), path).await?;
-    let (hb, ho) = match decode_segment_header(&buf) {
+    let h = match decode_segment_header(&buf) {
         Ok(h) => h,
         Err(reason) => {
+            // Recycled files get their new header durably before they are renamed into
+            // place, so a segment with a bad header is either a never-written one (zeros)
+            // or damaged: any valid frame in it says damaged.
             if let Some(at) = valid_frame_after(
                 &buf,
                 SEGMENT_HEADER_BYTES as usize,
                 0,
+                None,
                 config.frame_payload_bytes_max,
             ) {
                 return Err(StorageError::corrupt(
@@ -446,18 +502,18 @@ async fn recover_tail(
             return Ok(None);
         }
     };
-    if hb != base {
+    if h.base_index != base {
         return Err(StorageError::corrupt(
             path,
             0,
-            format!("segment header says base index {hb}"),
+            format!("segment header says base index {}", h.base_index),
         ));
     }
     // A stale index of the tail segment must not be trusted later; it is rewritten on seal.
     remove_index_file(disk, dir, base).await?;
     let scan = scan_segment(
         &buf,
-        Segment::new(base, ho, path.to_path_buf(), file.clone()),
+        Segment::new(h, path.to_path_buf(), file.clone()),
         config,
         true,
     )?;
@@ -466,15 +522,22 @@ async fn recover_tail(
             path = %path.display(),
             position = at,
             next_index = scan.seg.next_index(),
-            "truncating a torn tail"
+            "cutting a torn tail"
         );
-        file.set_len(at)
+        // Zero the torn frame's header rather than shrinking the file: a recycled or
+        // pre-zeroed segment keeps its full size (appends keep overwriting written blocks).
+        // No valid frame of this life follows (checked by the scan), so the torn frame's
+        // header is the only thing that could be misread later.
+        let end = (at + FRAME_HEADER_BYTES as u64).min(buf.len() as u64);
+        file.write_all_at(vec![0u8; (end - at) as usize], at)
             .await
-            .map_err(|e| StorageError::io("truncate", path, e))?;
-        file.sync_data()
-            .await
-            .map_err(|e| StorageError::io("fdatasync", path, e))?;
+            .map_err(|e| StorageError::io("write", path, e))?;
     }
+    // Whatever the scan accepted may so far exist only in the page cache (a process that
+    // died between its write and its fdatasync): make it durable before it is reported so.
+    file.sync_data()
+        .await
+        .map_err(|e| StorageError::io("fdatasync", path, e))?;
     Ok(Some(scan.seg))
 }
 

@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! segment header (32 bytes) = magic u32 "TBSG" | version u8 | 3 reserved | base_index u64
-//!                             | base_offset u64 | crc32c u32 (over bytes 0..24) | pad u32
+//!                             | base_offset u64 | salt u32 | crc32c u32 (over bytes 0..28)
 //! ```
+//!
+//! The *salt* (version 2) is drawn at random ([`crate::io::Disk::random_u64`]) for every
+//! segment life and written into every frame of the segment (see [`super::frame`]): segment
+//! files are recycled, and frames of a file's previous life carry another salt, so they read
+//! as the end of data.
 //!
 //! *Invariants:* a segment knows its first index and offset without reading earlier segments;
 //! frames follow the header back to back, each at a 16-aligned position; `offsets` is dense
@@ -20,7 +25,7 @@ pub const SEGMENT_HEADER_BYTES: u64 = 32;
 /// `"TBSG"` little-endian.
 pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"TBSG");
 /// Current segment format version.
-pub const SEGMENT_VERSION: u8 = 1;
+pub const SEGMENT_VERSION: u8 = 2;
 
 /// `<base index, 20 digits>.log`.
 pub fn segment_file_name(base_index: u64) -> String {
@@ -41,20 +46,32 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Encodes a segment header.
-pub fn encode_segment_header(base_index: u64, base_offset: u64) -> [u8; 32] {
-    let mut h = [0u8; 32];
-    h[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
-    h[4] = SEGMENT_VERSION;
-    h[8..16].copy_from_slice(&base_index.to_le_bytes());
-    h[16..24].copy_from_slice(&base_offset.to_le_bytes());
-    let crc = crc32c::crc32c(&h[0..24]);
-    h[24..28].copy_from_slice(&crc.to_le_bytes());
-    h
+/// A decoded segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Index of the segment's first frame.
+    pub base_index: u64,
+    /// Offset of the segment's first frame.
+    pub base_offset: u64,
+    /// The salt every frame of this segment life carries.
+    pub salt: u32,
 }
 
-/// Decodes a segment header into `(base_index, base_offset)`.
-pub fn decode_segment_header(buf: &[u8]) -> Result<(u64, u64), String> {
+/// Encodes a segment header.
+pub fn encode_segment_header(h: SegmentHeader) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
+    b[4] = SEGMENT_VERSION;
+    b[8..16].copy_from_slice(&h.base_index.to_le_bytes());
+    b[16..24].copy_from_slice(&h.base_offset.to_le_bytes());
+    b[24..28].copy_from_slice(&h.salt.to_le_bytes());
+    let crc = crc32c::crc32c(&b[0..28]);
+    b[28..32].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes and verifies a segment header.
+pub fn decode_segment_header(buf: &[u8]) -> Result<SegmentHeader, String> {
     if buf.len() < SEGMENT_HEADER_BYTES as usize {
         return Err(format!("segment header truncated ({} bytes)", buf.len()));
     }
@@ -66,15 +83,21 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<(u64, u64), String> {
     if buf[4] != SEGMENT_VERSION {
         return Err(format!("unsupported segment version {}", buf[4]));
     }
-    w4.copy_from_slice(&buf[24..28]);
-    if crc32c::crc32c(&buf[0..24]) != u32::from_le_bytes(w4) {
+    w4.copy_from_slice(&buf[28..32]);
+    if crc32c::crc32c(&buf[0..28]) != u32::from_le_bytes(w4) {
         return Err("segment header checksum mismatch".into());
     }
     let mut w8 = [0u8; 8];
     w8.copy_from_slice(&buf[8..16]);
     let base_index = u64::from_le_bytes(w8);
     w8.copy_from_slice(&buf[16..24]);
-    Ok((base_index, u64::from_le_bytes(w8)))
+    let base_offset = u64::from_le_bytes(w8);
+    w4.copy_from_slice(&buf[24..28]);
+    Ok(SegmentHeader {
+        base_index,
+        base_offset,
+        salt: u32::from_le_bytes(w4),
+    })
 }
 
 /// The in-memory view of one segment (registered frames only: written to the file).
@@ -82,6 +105,8 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<(u64, u64), String> {
 pub(crate) struct Segment {
     pub(crate) base_index: u64,
     pub(crate) base_offset: u64,
+    /// Salt of this segment life: frames with another salt are stale (end of data).
+    pub(crate) salt: u32,
     pub(crate) path: PathBuf,
     pub(crate) file: Arc<dyn DiskFile>,
     /// Base offset of every frame, dense.
@@ -95,15 +120,12 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    pub(crate) fn new(
-        base_index: u64,
-        base_offset: u64,
-        path: PathBuf,
-        file: Arc<dyn DiskFile>,
-    ) -> Self {
+    pub(crate) fn new(h: SegmentHeader, path: PathBuf, file: Arc<dyn DiskFile>) -> Self {
+        let (base_index, base_offset) = (h.base_index, h.base_offset);
         Segment {
             base_index,
             base_offset,
+            salt: h.salt,
             path,
             file,
             offsets: Vec::new(),
@@ -189,10 +211,17 @@ mod tests {
         assert_eq!(segment_file_name(42), "00000000000000000042.log");
         assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
         assert_eq!(parse_segment_name("42.log"), None);
-        let h = encode_segment_header(5, 77);
-        assert_eq!(decode_segment_header(&h), Ok((5, 77)));
-        let mut bad = h;
-        bad[9] ^= 1;
-        assert!(decode_segment_header(&bad).is_err());
+        let sh = SegmentHeader {
+            base_index: 5,
+            base_offset: 77,
+            salt: 0x1234_5678,
+        };
+        let h = encode_segment_header(sh);
+        assert_eq!(decode_segment_header(&h), Ok(sh));
+        for i in 0..32 {
+            let mut bad = h;
+            bad[i] ^= 1;
+            assert!(decode_segment_header(&bad).is_err(), "byte {i}");
+        }
     }
 }

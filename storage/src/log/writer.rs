@@ -22,6 +22,29 @@
 //! written) tail segment, which recovery removes; an all-zero frame header is the end of data.
 //! Every writer deletes and recreates the spare before zeroing it, so a stale or half-zeroed
 //! spare left by a crash (or by a writer that is still shutting down) is never used.
+//!
+//! *Recycled segments* (`LogConfig::recycle_segments_max`): a purge does not delete a
+//! full-size segment file but renames it to `recycled-<n>.spare` (up to the bound; beyond it
+//! files are deleted), and the next roll reuses it: in the steady state no segment is ever
+//! zeroed, every byte is written once, over already-written blocks. Zeroing (above) happens
+//! only when no recycled file is available (a new log, after a reset). Crash safety:
+//! * a recycled file still holds its previous life's frames. Every segment life draws a new
+//!   random salt ([`Disk::random_u64`]), stored in the checksummed segment header and in every
+//!   frame (covered by the frame CRC); recovery and readers treat a frame with another salt
+//!   as the end of data, so stale frames are never read (and, for purged files, their
+//!   indexes are all below the new segment's base, so they could not continue the sequence
+//!   even on a salt collision — recovery would report `Corrupt`, not resurrect them);
+//! * the new header (base, offset, salt) is written and fdatasync'd into the spare *before*
+//!   it is renamed to a segment name, so a segment file never carries its previous life's
+//!   header; a crash before the rename is durable leaves an ordinary spare;
+//! * the recycle rename in a purge happens after the anchor (the new first index) is durable;
+//!   if a crash loses the rename, recovery finds the old segment below the anchor and deletes it;
+//! * spare names are not segment names, so recovery never reads a spare; on open, spares
+//!   shorter than `segment_bytes_max` are deleted, the rest are reused;
+//! * truncation inside a segment zeroes the truncated bytes (up to
+//!   [`TRUNCATE_ZERO_BYTES_MAX`]; a larger cut shrinks the file instead) and fdatasyncs
+//!   before the truncation is acknowledged, so frames of the same life and salt past the cut
+//!   can never be reached by a later, shorter append's scan after a crash.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,11 +52,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::frame::{encode_frame, frame_len};
+use super::frame::{encode_frame_salted, frame_len};
 use super::recovery::{
     encode_anchor, remove_index_file, remove_segment_files, segment_path, write_index,
 };
-use super::segment::{encode_segment_header, Segment, SEGMENT_HEADER_BYTES};
+use super::segment::{encode_segment_header, Segment, SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::{LogConfig, Position, State};
 use crate::io::{Disk, DiskFile};
 use crate::meta::SlotFile;
@@ -46,6 +69,36 @@ type Reply = oneshot::Sender<Result<(), StorageError>>;
 pub(crate) const SPARE_FILE_NAME: &str = "next-segment.spare";
 /// Bytes of zeros per write while pre-zeroing a spare: bounds the zero buffer.
 const ZERO_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Recycled segment files are named `recycled-<20 digits>.spare` (not segment names).
+const RECYCLED_PREFIX: &str = "recycled-";
+const RECYCLED_SUFFIX: &str = ".spare";
+/// A truncation inside a segment zeroes at most this many bytes (then fdatasyncs); a larger
+/// cut shrinks the file instead (`set_len`: O(1), but later appends to that segment extend
+/// the file, and it is not recycled). Bounds the cost of a Raft conflict truncation.
+pub(crate) const TRUNCATE_ZERO_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+fn recycled_seq(name: &str) -> Option<u64> {
+    let digits = name
+        .strip_prefix(RECYCLED_PREFIX)?
+        .strip_suffix(RECYCLED_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Writes zeros over `[from, to)` of `file` (in chunks of at most `ZERO_CHUNK_BYTES`).
+async fn write_zeros(file: &dyn DiskFile, from: u64, to: u64) -> std::io::Result<()> {
+    let mut zeros = vec![0u8; ZERO_CHUNK_BYTES.min(to.saturating_sub(from)) as usize];
+    let mut pos = from;
+    while pos < to {
+        let n = ZERO_CHUNK_BYTES.min(to - pos) as usize;
+        zeros.truncate(n);
+        zeros = file.write_all_at(zeros, pos).await?;
+        pos += n as u64;
+    }
+    Ok(())
+}
 
 /// The pre-zeroed spare segment.
 #[derive(Debug)]
@@ -68,14 +121,7 @@ async fn prepare_spare(disk: Arc<dyn Disk>, path: PathBuf, len: u64) -> std::io:
         Err(e) => return Err(e),
     }
     let file = disk.open(&path, true).await?;
-    let mut zeros = vec![0u8; ZERO_CHUNK_BYTES.min(len) as usize];
-    let mut pos = 0;
-    while pos < len {
-        let n = ZERO_CHUNK_BYTES.min(len - pos) as usize;
-        zeros.truncate(n);
-        zeros = file.write_all_at(zeros, pos).await?;
-        pos += n as u64;
-    }
+    write_zeros(file.as_ref(), 0, len).await?;
     file.sync_data().await
 }
 
@@ -85,6 +131,8 @@ pub(crate) struct PendingFrame {
     pub(crate) index: u64,
     pub(crate) record_count: u32,
     pub(crate) payload: Bytes,
+    /// CRC32C of `payload` (computed by the appender).
+    pub(crate) crc: u32,
 }
 
 /// An operation in the writer queue.
@@ -138,6 +186,7 @@ impl Op {
 /// The segment being appended to.
 struct Active {
     base: u64,
+    salt: u32,
     file: Arc<dyn DiskFile>,
     path: PathBuf,
     /// Next write position.
@@ -177,6 +226,10 @@ pub(crate) struct Writer {
     spare: Spare,
     /// The disk cannot rename: create segments in place (fallocate) instead.
     rename_unsupported: bool,
+    /// Recycled segment files ready for reuse (full size, content irrelevant).
+    recycled: Vec<PathBuf>,
+    /// Sequence number for the next recycled file's name.
+    recycle_seq: u64,
 }
 
 impl Writer {
@@ -210,7 +263,47 @@ impl Writer {
             spare_buf: Vec::new(),
             spare: Spare::Absent,
             rename_unsupported: false,
+            recycled: Vec::new(),
+            recycle_seq: 0,
         }
+    }
+
+    /// Adopts the recycled files a previous writer left (full-size ones, up to the bound);
+    /// deletes the others. Best effort: a failure only costs zeroing later.
+    async fn load_recycled(&mut self) {
+        let Ok(names) = self.disk.list_dir(&self.dir).await else {
+            return;
+        };
+        for name in names {
+            let Some(seq) = recycled_seq(&name) else {
+                continue;
+            };
+            self.recycle_seq = self.recycle_seq.max(seq + 1);
+            let path = self.dir.join(&name);
+            let mut keep = self.recycle_wanted() && self.recycled.len() < self.recycle_max();
+            if keep {
+                keep = match self.disk.open(&path, false).await {
+                    Ok(f) => f
+                        .len()
+                        .await
+                        .is_ok_and(|l| l >= self.config.segment_bytes_max),
+                    Err(_) => false,
+                };
+            }
+            if keep {
+                self.recycled.push(path);
+            } else {
+                let _ = self.disk.remove_file(&path).await;
+            }
+        }
+    }
+
+    fn recycle_max(&self) -> usize {
+        self.config.recycle_segments_max
+    }
+
+    fn recycle_wanted(&self) -> bool {
+        self.spare_wanted() && self.recycle_max() > 0
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -218,6 +311,7 @@ impl Writer {
     }
 
     pub(crate) async fn run(mut self) {
+        self.load_recycled().await;
         loop {
             let op = match self.deferred.take() {
                 Some(op) => op,
@@ -398,7 +492,14 @@ impl Writer {
                     created: false,
                 });
                 debug_assert_eq!(f.index, a.next_index);
-                encode_frame(&mut c.buf, f.index, f.record_count, &f.payload);
+                encode_frame_salted(
+                    &mut c.buf,
+                    a.salt,
+                    f.index,
+                    f.record_count,
+                    &f.payload,
+                    f.crc,
+                );
                 c.regs.push((f.index, offset, f.record_count, a.pos, len));
                 a.pos += len;
                 a.next_index = f.index + 1;
@@ -467,7 +568,11 @@ impl Writer {
             .active
             .as_ref()
             .is_some_and(|a| a.pos >= self.config.segment_bytes_max / 2);
-        if half_full && self.spare_wanted() && matches!(self.spare, Spare::Absent) {
+        if half_full
+            && self.spare_wanted()
+            && self.recycled.is_empty()
+            && matches!(self.spare, Spare::Absent)
+        {
             let task = prepare_spare(
                 self.disk.clone(),
                 self.spare_path(),
@@ -535,10 +640,58 @@ impl Writer {
         Ok(Some(file))
     }
 
+    /// Reuses a recycled file as segment `path`: writes and fdatasyncs its new `header`,
+    /// then renames it into place (made durable by the caller's directory fsync).
+    async fn take_recycled(
+        &mut self,
+        path: &Path,
+        header: &[u8; 32],
+    ) -> Result<Option<Arc<dyn DiskFile>>, StorageError> {
+        while let Some(spare) = self.recycled.pop() {
+            let file = match self.disk.open(&spare, false).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(path = %spare.display(), error = %e, "cannot open a recycled segment file");
+                    continue;
+                }
+            };
+            file.write_all_at_and_sync(header.to_vec(), 0)
+                .await
+                .map_err(|e| StorageError::io("write+fdatasync", &spare, e))?;
+            self.disk
+                .rename(&spare, path)
+                .await
+                .map_err(|e| StorageError::io("rename", &spare, e))?;
+            return Ok(Some(file));
+        }
+        Ok(None)
+    }
+
+    /// A new salt for a segment life.
+    fn new_salt(&self) -> u32 {
+        // Truncation keeps the low 32 bits.
+        self.disk.random_u64() as u32
+    }
+
     async fn create_segment(&mut self, base: u64, base_offset: u64) -> Result<Chunk, StorageError> {
         let path = segment_path(&self.dir, base);
+        let h = SegmentHeader {
+            base_index: base,
+            base_offset,
+            salt: self.new_salt(),
+        };
+        let header = encode_segment_header(h);
+        let recycled = if self.recycle_wanted() {
+            self.take_recycled(&path, &header).await?
+        } else {
+            None
+        };
         // The rename replaces a leftover file of the same name (e.g. from a truncation).
-        let file = match self.take_spare(&path).await? {
+        let spare = match recycled {
+            Some(file) => Some(file),
+            None => self.take_spare(&path).await?,
+        };
+        let file = match spare {
             Some(file) => file,
             None => {
                 let file = self
@@ -558,14 +711,14 @@ impl Writer {
                 file
             }
         };
-        self.lock().segments.insert(
-            base,
-            Segment::new(base, base_offset, path.clone(), file.clone()),
-        );
+        self.lock()
+            .segments
+            .insert(base, Segment::new(h, path.clone(), file.clone()));
         let mut buf = std::mem::take(&mut self.spare_buf);
-        buf.extend_from_slice(&encode_segment_header(base, base_offset));
+        buf.extend_from_slice(&header);
         self.active = Some(Active {
             base,
+            salt: h.salt,
             file,
             path,
             pos: SEGMENT_HEADER_BYTES,
@@ -625,14 +778,23 @@ impl Writer {
                 seg.scan_start(from),
                 from,
                 seg.end_pos,
+                seg.salt,
                 self.config.frame_payload_bytes_max,
             )
             .await?;
             remove_index_file(self.disk.as_ref(), &self.dir, seg.base_index).await?;
-            seg.file
-                .set_len(pos)
-                .await
-                .map_err(|e| StorageError::io("truncate", &seg.path, e))?;
+            // Frames past the cut carry this life's salt and continuing indexes: make them
+            // unreachable durably before acknowledging (zeroing keeps the file full-size).
+            if seg.end_pos - pos <= TRUNCATE_ZERO_BYTES_MAX {
+                write_zeros(seg.file.as_ref(), pos, seg.end_pos)
+                    .await
+                    .map_err(|e| StorageError::io("write zeros", &seg.path, e))?;
+            } else {
+                seg.file
+                    .set_len(pos)
+                    .await
+                    .map_err(|e| StorageError::io("truncate", &seg.path, e))?;
+            }
             seg.file
                 .sync_data()
                 .await
@@ -665,15 +827,61 @@ impl Writer {
             return Ok(());
         }
         for base in below {
-            self.delete_segment(base).await?;
+            self.recycle_segment(base).await?;
         }
         self.sync_dir().await
+    }
+
+    /// Removes a purged segment from the table and keeps its file as a recycled spare (if
+    /// it is full-size and the pool has room) or deletes it. The caller fsyncs the directory.
+    async fn recycle_segment(&mut self, base: u64) -> Result<(), StorageError> {
+        let full = {
+            let st = self.lock();
+            st.segments.get(&base).map(|s| s.file.clone())
+        };
+        let keep = match full {
+            Some(file) if self.recycle_wanted() && self.recycled.len() < self.recycle_max() => file
+                .len()
+                .await
+                .is_ok_and(|l| l >= self.config.segment_bytes_max),
+            _ => false,
+        };
+        if !keep {
+            return self.delete_segment(base).await;
+        }
+        let Some(seg) = self.lock().segments.remove(&base) else {
+            return Ok(());
+        };
+        if self.active.as_ref().is_some_and(|a| a.base == base) {
+            self.active = None;
+        }
+        let spare = self.dir.join(format!(
+            "{RECYCLED_PREFIX}{:020}{RECYCLED_SUFFIX}",
+            self.recycle_seq
+        ));
+        self.recycle_seq += 1;
+        self.disk
+            .rename(&seg.path, &spare)
+            .await
+            .map_err(|e| StorageError::io("rename", &seg.path, e))?;
+        remove_index_file(self.disk.as_ref(), &self.dir, base).await?;
+        self.recycled.push(spare);
+        Ok(())
     }
 
     async fn reset(&mut self, next: Position) -> Result<(), StorageError> {
         let all: Vec<u64> = self.lock().segments.keys().copied().collect();
         for base in all {
             self.delete_segment(base).await?;
+        }
+        // The log may continue below the indexes the recycled files held: drop them, so every
+        // recycled file only ever holds indexes below the next segment's base.
+        for spare in std::mem::take(&mut self.recycled) {
+            match self.disk.remove_file(&spare).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("remove", &spare, e)),
+            }
         }
         self.sync_dir().await?;
         self.anchor
@@ -688,6 +896,7 @@ impl Writer {
 fn active_of(s: &Segment) -> Active {
     Active {
         base: s.base_index,
+        salt: s.salt,
         file: s.file.clone(),
         path: s.path.clone(),
         pos: s.end_pos,
