@@ -34,7 +34,14 @@ pub async fn start_nodes(
                 id,
                 data_dir: dir.join(format!("n{id}")),
                 timing: timing.clone(),
-                log: LogConfig::default(),
+                log: LogConfig {
+                    // Many groups: keep each log's (pre-zeroed) segment small.
+                    segment_bytes_max: std::env::var("SEGMENT_BYTES")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(LogConfig::default().segment_bytes_max),
+                    ..LogConfig::default()
+                },
             },
             open_disk(backend).unwrap(),
             transport.clone(),
