@@ -212,3 +212,107 @@ proptest! {
         });
     }
 }
+
+fn recycling_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 8192,
+        index_interval_bytes: 512,
+        preallocate: true,
+        recycle_segments_max: 4,
+        ..LogConfig::default()
+    }
+}
+
+/// Fills a log whose tail segment is a recycled file (stale frames of another life after
+/// its data); returns the tail segment's path and the log's next index.
+async fn fill_recycled(dir: &Path) -> (PathBuf, u64) {
+    let log = Log::open(disk(), dir, recycling_config()).await.unwrap();
+    let append = |i: u64| {
+        log.append(vec![FrameIn {
+            payload: Bytes::from(vec![i as u8; 500]),
+            record_count: 1,
+        }])
+        .unwrap()
+    };
+    for i in 0..60 {
+        append(i).await.unwrap();
+    }
+    log.purge_before(log.next_index()).unwrap().await.unwrap();
+    let start = log.next_index();
+    for i in start..start + 8 {
+        append(i).await.unwrap();
+    }
+    let next = log.next_index();
+    log.close().await.unwrap();
+    let recycled = std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("recycled-")
+        })
+        .count();
+    assert!(recycled > 0, "no recycled files");
+    (segments(dir).pop().unwrap(), next)
+}
+
+#[tokio::test]
+async fn recycled_tail_reopens_at_full_size_and_reports_damage() {
+    let t = tmp();
+    let (tail, next) = fill_recycled(t.path()).await;
+    // A clean reopen stops at the end-of-data marker before the stale frames: nothing is
+    // cut, the file keeps its full size.
+    let len = std::fs::metadata(&tail).unwrap().len();
+    assert!(len >= 8192, "{len}");
+    let log = Log::open(disk(), t.path(), recycling_config())
+        .await
+        .unwrap();
+    assert_eq!(log.next_index(), next);
+    log.close().await.unwrap();
+    assert_eq!(std::fs::metadata(&tail).unwrap().len(), len);
+
+    // A zeroed (lost) page in the middle of the tail, valid frames after it: Corrupt.
+    let orig = std::fs::read(&tail).unwrap();
+    let mut bytes = orig.clone();
+    bytes[32..32 + 48].fill(0);
+    std::fs::write(&tail, &bytes).unwrap();
+    match Log::open(disk(), t.path(), recycling_config()).await {
+        Err(StorageError::Corrupt { path, .. }) => assert_eq!(path, tail),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // A flipped payload byte in a middle frame of the recycled tail: Corrupt.
+    let mut bytes = orig.clone();
+    bytes[32 + 48 + 10] ^= 0xff;
+    std::fs::write(&tail, &bytes).unwrap();
+    assert!(matches!(
+        Log::open(disk(), t.path(), recycling_config()).await,
+        Err(StorageError::Corrupt { .. })
+    ));
+    // Restored: it opens again, nothing lost.
+    std::fs::write(&tail, &orig).unwrap();
+    let log = Log::open(disk(), t.path(), recycling_config())
+        .await
+        .unwrap();
+    assert_eq!(log.next_index(), next);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_older_format_segment_is_a_typed_error_not_deleted() {
+    let t = tmp();
+    fill(t.path(), 3).await;
+    let seg = segments(t.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[4] = 1; // format version 1 (before segment salts)
+    std::fs::write(&seg, &bytes).unwrap();
+    match Log::open(disk(), t.path(), config()).await {
+        Err(StorageError::Corrupt { path, reason, .. }) => {
+            assert_eq!(path, seg);
+            assert!(reason.contains("version"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(seg.exists());
+}

@@ -78,6 +78,9 @@ struct Scan {
     seg: Segment,
     /// Position of a torn tail to truncate at, if any.
     torn_at: Option<u64>,
+    /// The data ends at a stale frame, not at an all-zero header or the end of the file:
+    /// recovery writes the end-of-data marker there.
+    stale_end: bool,
 }
 
 /// Scans frames in `buf` (a whole segment file). `tail` allows a torn end.
@@ -91,12 +94,16 @@ fn scan_segment(
     let max = config.frame_payload_bytes_max;
     loop {
         if pos >= buf.len() {
-            return Ok(Scan { seg, torn_at: None });
+            return Ok(Scan {
+                seg,
+                torn_at: None,
+                stale_end: false,
+            });
         }
         match decode_frame(&buf[pos..], max) {
             Ok(f) if f.header.salt != seg.salt => {
                 // A stale frame of the file's previous life: the end of this life's data.
-                return end_of_data(buf, pos, seg, max, tail);
+                return end_of_data(buf, pos, seg, max, tail, true);
             }
             Ok(f) => {
                 let expected = seg.next_index();
@@ -118,7 +125,7 @@ fn scan_segment(
                 );
                 pos += f.frame_len;
             }
-            Err(FrameError::EndOfData) => return end_of_data(buf, pos, seg, max, tail),
+            Err(FrameError::EndOfData) => return end_of_data(buf, pos, seg, max, tail, false),
             Err(e) => {
                 if !tail {
                     return Err(StorageError::corrupt(
@@ -143,6 +150,7 @@ fn scan_segment(
                 return Ok(Scan {
                     torn_at: Some(pos as u64),
                     seg,
+                    stale_end: false,
                 });
             }
         }
@@ -157,6 +165,7 @@ fn end_of_data(
     seg: Segment,
     max: u32,
     tail: bool,
+    stale_end: bool,
 ) -> Result<Scan, StorageError> {
     if tail {
         if let Some(later) = valid_frame_after(
@@ -173,7 +182,11 @@ fn end_of_data(
             ));
         }
     }
-    Ok(Scan { seg, torn_at: None })
+    Ok(Scan {
+        seg,
+        torn_at: None,
+        stale_end,
+    })
 }
 
 /// First 16-aligned position at or after `from` holding a valid frame with index >=
@@ -481,6 +494,15 @@ async fn recover_tail(
     let h = match decode_segment_header(&buf) {
         Ok(h) => h,
         Err(reason) => {
+            let magic = super::segment::SEGMENT_MAGIC.to_le_bytes();
+            if buf.len() > 4
+                && buf[0..4] == magic
+                && buf[4] != super::segment::SEGMENT_VERSION
+                && buf[4] != 0
+            {
+                // Another format version (not a torn header): never delete it.
+                return Err(StorageError::corrupt(path, 0, reason));
+            }
             // Recycled files get their new header durably before they are renamed into
             // place, so a segment with a bad header is either a never-written one (zeros)
             // or damaged: any valid frame in it says damaged.
@@ -517,17 +539,25 @@ async fn recover_tail(
         config,
         true,
     )?;
-    if let Some(at) = scan.torn_at {
-        tracing::warn!(
-            path = %path.display(),
-            position = at,
-            next_index = scan.seg.next_index(),
-            "cutting a torn tail"
-        );
-        // Zero the torn frame's header rather than shrinking the file: a recycled or
-        // pre-zeroed segment keeps its full size (appends keep overwriting written blocks).
-        // No valid frame of this life follows (checked by the scan), so the torn frame's
-        // header is the only thing that could be misread later.
+    let marker_at = match scan.torn_at {
+        Some(at) => {
+            tracing::warn!(
+                path = %path.display(),
+                position = at,
+                next_index = scan.seg.next_index(),
+                "cutting a torn tail"
+            );
+            Some(at)
+        }
+        None if scan.stale_end => Some(scan.seg.end_pos),
+        None => None,
+    };
+    if let Some(at) = marker_at {
+        // Write the end-of-data marker (an all-zero frame header) over the torn frame or the
+        // stale bytes rather than shrinking the file: a recycled or pre-zeroed segment keeps
+        // its full size, and once sealed it scans to a clean end. No valid frame of this
+        // life follows (checked by the scan), so this header is the only thing that could be
+        // misread later.
         let end = (at + FRAME_HEADER_BYTES as u64).min(buf.len() as u64);
         file.write_all_at(vec![0u8; (end - at) as usize], at)
             .await

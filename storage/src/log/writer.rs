@@ -23,6 +23,10 @@
 //! Every writer deletes and recreates the spare before zeroing it, so a stale or half-zeroed
 //! spare left by a crash (or by a writer that is still shutting down) is never used.
 //!
+//! *End-of-data marker:* every group write carries 32 zero bytes after its last frame
+//! (overwritten by the next group), so every fdatasync'd segment ends at an all-zero frame
+//! header, even in a recycled file whose old bytes there are the middle of a stale frame.
+//!
 //! *Recycled segments* (`LogConfig::recycle_segments_max`): a purge does not delete a
 //! full-size segment file but renames it to `recycled-<n>.spare` (up to the bound; beyond it
 //! files are deleted), and the next roll reuses it: in the steady state no segment is ever
@@ -52,7 +56,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::frame::{encode_frame_salted, frame_len};
+use super::frame::{encode_frame_salted, frame_len, FRAME_HEADER_BYTES};
 use super::recovery::{
     encode_anchor, remove_index_file, remove_segment_files, segment_path, write_index,
 };
@@ -514,11 +518,16 @@ impl Writer {
     }
 
     /// Writes and fdatasyncs one chunk to the active segment, then registers its frames.
-    async fn flush(&mut self, c: Chunk) -> Result<(), StorageError> {
+    async fn flush(&mut self, mut c: Chunk) -> Result<(), StorageError> {
         let Some(a) = &self.active else {
             return Err(StorageError::Closed);
         };
         let (file, path, base) = (a.file.clone(), a.path.clone(), a.base);
+        // The end-of-data marker: an all-zero frame header right after the last frame (the
+        // next group overwrites it). A recycled file's old bytes at that position may be the
+        // middle of a stale frame, not a header; the marker makes every synced segment end
+        // cleanly, so a sealed segment always scans to an all-zero header.
+        c.buf.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
         let mut buf = file
             .write_all_at_and_sync(c.buf, c.pos)
             .await
