@@ -130,6 +130,12 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
     fn random_u64(&self) -> u64 {
         rand::random()
     }
+    /// Runs a log's writer task. The default spawns it on the current tokio runtime; the
+    /// io_uring backend runs it on its own thread, next to the ring, so a group's
+    /// write + fdatasync completes without a thread hop back to the writer.
+    fn spawn(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) {
+        tokio::spawn(task);
+    }
 }
 
 /// An open file with positional, owned-buffer I/O.

@@ -14,6 +14,8 @@
 //! of the descriptor. tokio-uring 0.5 does not expose linked SQEs, so
 //! [`DiskFile::write_all_at_and_sync`] submits the fdatasync right after the write completes
 //! on the uring thread: one channel round trip instead of two, without `IOSQE_IO_LINK`.
+//! Logs' writer tasks also run on this thread ([`Disk::spawn`]), so a group commit's
+//! request and completion never cross threads; only the appenders' tickets do.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -36,9 +38,12 @@ pub const URING_RING_ENTRIES: u32 = 256;
 
 type Reply<T> = oneshot::Sender<std::io::Result<T>>;
 
+/// A task to run on the uring thread (a log's writer).
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
 /// A request to the uring thread.
-#[derive(Debug)]
 enum Req {
+    Spawn(Task),
     Register {
         id: u64,
         file: std::fs::File,
@@ -68,6 +73,20 @@ enum Req {
         len: u64,
         reply: Reply<()>,
     },
+}
+
+impl std::fmt::Debug for Req {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Req::Spawn(_) => "Spawn",
+            Req::Register { .. } => "Register",
+            Req::Close { .. } => "Close",
+            Req::Read { .. } => "Read",
+            Req::Write { .. } => "Write",
+            Req::Sync { .. } => "Sync",
+            Req::Fallocate { .. } => "Fallocate",
+        })
+    }
 }
 
 fn dead() -> std::io::Error {
@@ -125,6 +144,9 @@ async fn run(mut rx: mpsc::Receiver<Req>) {
     };
     while let Some(req) = rx.recv().await {
         match req {
+            Req::Spawn(task) => {
+                tokio_uring::spawn(task);
+            }
             Req::Register { id, file } => {
                 files
                     .borrow_mut()
@@ -278,6 +300,21 @@ impl Disk for UringDisk {
     fn rename(&self, from: &Path, to: &Path) -> IoFuture<'_, ()> {
         let (from, to) = (from.to_path_buf(), to.to_path_buf());
         Box::pin(blocking(move || std::fs::rename(from, to)))
+    }
+
+    fn spawn(&self, task: Task) {
+        // The writer runs next to the ring: its write + fdatasync requests and their
+        // completions stay on this thread. If the queue is full or the thread is gone, run
+        // it on the caller's runtime instead (its I/O then fails or crosses threads).
+        if let Err(e) = self.tx.try_send(Req::Spawn(task)) {
+            match e {
+                mpsc::error::TrySendError::Full(Req::Spawn(task))
+                | mpsc::error::TrySendError::Closed(Req::Spawn(task)) => {
+                    tokio::spawn(task);
+                }
+                _ => {}
+            }
+        }
     }
 }
 

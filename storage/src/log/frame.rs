@@ -10,7 +10,7 @@
 //!  12    4 record_count    records in the payload (dense offsets; may be 0)
 //!  16    8 index           log index of this frame
 //!  24    4 salt            the segment's salt (see below), in clear
-//!  28    4 crc32c          over bytes 0..28 (salt included) and the payload (no padding)
+//!  28    4 crc32c          over the payload (no padding), then header bytes 0..28 (salt incl.)
 //!  32    …  payload, then zeros up to the next 16-byte boundary
 //! ```
 //!
@@ -177,7 +177,7 @@ pub fn encode_frame(out: &mut Vec<u8>, index: u64, record_count: u32, payload: &
 
 /// Appends one encoded frame of a segment with salt `salt`; `payload_crc` must be
 /// [`payload_crc`]`(payload)` (precomputed so the CRC pass over the payload happens outside
-/// the writer; the header's CRC is combined with it).
+/// the writer, which only continues it over the 28 header bytes).
 ///
 /// # Panics
 /// If `payload.len()` does not fit in a `u32` (callers check `frame_payload_bytes_max` first).
@@ -191,7 +191,8 @@ pub fn encode_frame_salted(
 ) {
     let len = u32::try_from(payload.len()).expect("payload length checked by the caller");
     let prefix = header_prefix(len, record_count, index, salt);
-    let crc = crc32c::crc32c_combine(crc32c::crc32c(&prefix), payload_crc, payload.len());
+    // Payload first: the appender's CRC pass is continued over the header, no combine step.
+    let crc = crc32c::crc32c_append(payload_crc, &prefix);
     out.extend_from_slice(&prefix);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
@@ -258,8 +259,7 @@ pub fn decode_frame(buf: &[u8], payload_bytes_max: u32) -> Result<DecodedFrame<'
         });
     }
     let payload = &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + payload_len];
-    let mut crc = crc32c::crc32c(&buf[..CRC_AT]);
-    crc = crc32c::crc32c_append(crc, payload);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(payload), &buf[..CRC_AT]);
     if crc != header.crc {
         return Err(FrameError::BadChecksum {
             stored: header.crc,

@@ -369,6 +369,7 @@ impl Log {
             closed: false,
         }));
         let (tx, rx) = mpsc::channel(QUEUE_OPS_MAX);
+        let disk_for_writer = disk.clone();
         let writer = Writer::new(
             disk,
             dir.clone(),
@@ -379,7 +380,7 @@ impl Log {
             rec.anchor_file,
             durable_index,
         );
-        tokio::spawn(writer.run());
+        disk_for_writer.spawn(Box::pin(writer.run()));
         Ok(Log {
             inner: Arc::new(Inner {
                 state,
