@@ -191,7 +191,9 @@ fn raw_baseline(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     let dir = bench_dir();
     for (kind, fresh) in [("fresh", true), ("prezeroed", false)] {
-        for batch in [1usize, 16, 256] {
+        // 4096 × 1 KiB = 4 MiB = `group_commit_bytes_max`: the size of the merged writes of
+        // 64 appenders × batch 256.
+        for batch in [1usize, 16, 256, 4096] {
             let buf = vec![0x5au8; batch * FRAME_BYTES];
             g.throughput(Throughput::Bytes(buf.len() as u64));
             let mut run = raw_writer(

@@ -306,14 +306,12 @@ impl Disk for UringDisk {
         // The writer runs next to the ring: its write + fdatasync requests and their
         // completions stay on this thread. If the queue is full or the thread is gone, run
         // it on the caller's runtime instead (its I/O then fails or crosses threads).
-        if let Err(e) = self.tx.try_send(Req::Spawn(task)) {
-            match e {
-                mpsc::error::TrySendError::Full(Req::Spawn(task))
-                | mpsc::error::TrySendError::Closed(Req::Spawn(task)) => {
-                    tokio::spawn(task);
-                }
-                _ => {}
-            }
+        if let Err(
+            mpsc::error::TrySendError::Full(Req::Spawn(task))
+            | mpsc::error::TrySendError::Closed(Req::Spawn(task)),
+        ) = self.tx.try_send(Req::Spawn(task))
+        {
+            tokio::spawn(task);
         }
     }
 }
