@@ -232,13 +232,20 @@ impl Group {
     }
 
     /// Whether this node currently leads the group.
+    ///
+    /// A node that just initialised the group counts itself leader of term 0 for a moment
+    /// before its first real election; that is not leadership anyone can use, so it is ignored.
     pub fn is_leader(&self) -> bool {
-        self.raft.is_leader()
+        self.raft.is_leader() && self.raft.metrics().borrow_watched().current_term > 0
     }
 
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow_watched().current_leader
+        let m = self.raft.metrics().borrow_watched();
+        if m.current_term == 0 {
+            return None;
+        }
+        m.current_leader
     }
 
     /// Waits until the group has a leader, up to `timeout`.
@@ -246,8 +253,11 @@ impl Group {
         let mut rx = self.raft.metrics();
         let wait = async {
             loop {
-                if let Some(l) = rx.borrow_watched().current_leader {
-                    return l;
+                {
+                    let m = rx.borrow_watched();
+                    if let (Some(l), true) = (m.current_leader, m.current_term > 0) {
+                        return l;
+                    }
                 }
                 if rx.changed().await.is_err() {
                     std::future::pending::<()>().await;
@@ -430,7 +440,7 @@ impl RaftNode {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|g| g.raft.is_leader())
+            .filter(|g| g.is_leader())
             .map(|g| g.id)
             .collect()
     }
