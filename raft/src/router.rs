@@ -241,7 +241,8 @@ impl Group {
 
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
-        let m = self.raft.metrics().borrow_watched();
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
         if m.current_term == 0 {
             return None;
         }
