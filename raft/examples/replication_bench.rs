@@ -34,6 +34,10 @@ fn main() {
         Ok("std") => BackendChoice::Std,
         _ => BackendChoice::Auto,
     };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,10 +70,17 @@ fn main() {
                     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
                     while !stop.load(Ordering::Relaxed) {
                         let t = Instant::now();
-                        group
+                        // A just-elected leader may refuse writes until its first entry commits:
+                        // retry as a client would.
+                        let mut tries = 0;
+                        while let Err(e) = group
                             .write(Command::Produce { now_ms: 0, batch: bytes.clone() })
                             .await
-                            .expect("write");
+                        {
+                            tries += 1;
+                            assert!(e.is_retryable() && tries < 500, "write: {e}");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                         local.record(t.elapsed().as_micros() as u64).unwrap();
                         entries.fetch_add(1, Ordering::Relaxed);
                     }
