@@ -499,7 +499,9 @@ impl RaftNode {
             election_timeout_max: t.election_timeout_max_ms,
             install_snapshot_timeout: t.snapshot_timeout_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: 1000,
+            // Keep a long tail of entries behind each snapshot: a lagging follower catches up from
+            // the log (payloads included) and needs a snapshot only when it is this far behind.
+            max_in_snapshot_log_to_keep: 100_000,
             max_payload_entries: 256,
             enable_pre_vote: Some(true),
             ..Default::default()
