@@ -175,7 +175,7 @@ pub struct NodeConfig {
     pub advertise: String,
     /// Optional separate Raft listen address.
     pub raft_listen: Option<String>,
-    /// HTTP listen address.
+    /// HTTP listen address; empty serves no HTTP (simulations).
     pub http: String,
     /// Data directory.
     pub data_dir: PathBuf,
@@ -193,6 +193,8 @@ pub struct NodeConfig {
     pub max_task_bytes: u64,
     /// Largest record batch accepted, bytes (`TooLarge` above).
     pub max_batch_bytes: u64,
+    /// Segment-log settings of every group (defaults; simulations use small segments).
+    pub log: taskbroker_storage::LogConfig,
 }
 
 fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
@@ -326,6 +328,7 @@ impl NodeConfig {
             election_timeout_max_ms,
             max_task_bytes,
             max_batch_bytes,
+            log: taskbroker_storage::LogConfig::default(),
         })
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use taskbroker_client::transport::{TokioTransport, Transport};
+use taskbroker_raft::RaftNode;
 use taskbroker_storage::io::{open_disk, BackendChoice, Disk};
 use taskbroker_storage::StorageError;
 
@@ -40,7 +41,13 @@ pub struct Env {
     pub disk: Arc<dyn Disk>,
     /// Clock for every timestamp written into commands.
     pub clock: Arc<dyn Clock>,
+    /// Where [`run`](crate::run) puts its [`RaftNode`], if set: simulations read replica state
+    /// through it. Production leaves it `None`.
+    pub raft_slot: Option<RaftSlot>,
 }
+
+/// A place to publish a running node's [`RaftNode`] (see [`Env::raft_slot`]).
+pub type RaftSlot = Arc<std::sync::Mutex<Option<Arc<RaftNode>>>>;
 
 impl Env {
     /// Tokio TCP, the disk backend `choice` (io_uring falls back to std with a warning) and the
@@ -50,6 +57,7 @@ impl Env {
             transport: Arc::new(TokioTransport),
             disk: open_disk(choice)?,
             clock: Arc::new(SystemClock),
+            raft_slot: None,
         })
     }
 }

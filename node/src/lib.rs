@@ -30,7 +30,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use taskbroker_raft::{RaftNode, RaftNodeConfig, RaftTiming};
-use taskbroker_storage::LogConfig;
 
 use crate::config::NodeConfig;
 use crate::env::Env;
@@ -78,11 +77,14 @@ pub async fn run(
                 election_timeout_max_ms: config.election_timeout_max_ms,
                 ..RaftTiming::default()
             },
-            log: LogConfig::default(),
+            log: config.log.clone(),
         },
         env.disk.clone(),
         env.transport.clone(),
     );
+    if let Some(slot) = &env.raft_slot {
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(raft.clone());
+    }
     let listener = env
         .transport
         .bind(&config.listen)
@@ -134,13 +136,16 @@ pub async fn run(
         metrics,
         node_id: config.node_id,
     };
-    let http_listener = tokio::net::TcpListener::bind(&config.http)
-        .await
-        .map_err(|source| NodeError::Bind {
-            addr: config.http.clone(),
-            source,
-        })?;
-    tasks.spawn(http::serve(http_listener, http_state));
+    // An empty HTTP address serves no HTTP (simulated nodes bind no real socket).
+    if !config.http.is_empty() {
+        let http_listener = tokio::net::TcpListener::bind(&config.http)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: config.http.clone(),
+                source,
+            })?;
+        tasks.spawn(http::serve(http_listener, http_state));
+    }
     tracing::info!(
         node = config.node_id,
         listen = %config.listen,

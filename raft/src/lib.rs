@@ -14,6 +14,7 @@
 //! | [`snapshot`] | durable snapshot slots |
 //! | [`network`] | the tarpc Raft service, per-peer connections, openraft's network |
 //! | [`router`] | multi-raft: a node hosting many groups, RPC dispatch by group id |
+//! | [`runtime`] | openraft's runtime: tokio with randomness a simulation can seed |
 //! | [`quiesce`] | idle groups stop ticking and heartbeating; node-level pings detect dead leaders |
 //! | [`error`] | [`RaftError`] |
 //!
@@ -29,6 +30,7 @@ pub mod log_store;
 pub mod network;
 pub mod quiesce;
 pub mod router;
+pub mod runtime;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -71,6 +71,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
+        AsyncRuntime = crate::runtime::SeedableTokio,
 );
 
 /// openraft aliases used inside this crate.
