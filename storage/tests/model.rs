@@ -67,7 +67,10 @@ fn payload(seed: u64, len: usize) -> Vec<u8> {
 
 fn config(preallocate: bool) -> LogConfig {
     LogConfig {
-        segment_bytes_max: 4096,
+        // Growing segments: 4 KiB, 8 KiB, then 16 KiB, so truncate, purge, reset and reopen
+        // meet segments (and recycled files) of different sizes.
+        segment_bytes_min: 4096,
+        segment_bytes_max: 16384,
         index_interval_bytes: 256,
         group_commit_bytes_max: 8192,
         frame_payload_bytes_max: 1 << 20,

@@ -55,16 +55,20 @@ const READ_RETRIES_MAX: usize = 3;
 pub struct LogConfig {
     /// Roll to a new segment when the next frame would exceed this: bounds purge granularity.
     pub segment_bytes_max: u64,
+    /// Size of a new log's first segment; each next segment doubles the previous one, up to
+    /// `segment_bytes_max`: a node hosts thousands of logs, and a new or idle log should cost
+    /// (and pre-zero) this much disk, not `segment_bytes_max`. Clamped to `segment_bytes_max`.
+    pub segment_bytes_min: u64,
     /// A sparse index entry every this many bytes: bounds the scan to find a frame.
     pub index_interval_bytes: u32,
     /// Bytes gathered into one write + fdatasync: bounds group-commit latency and memory.
     pub group_commit_bytes_max: usize,
     /// Largest frame payload accepted and decoded: bounds memory used by a corrupt length.
     pub frame_payload_bytes_max: u32,
-    /// Pre-zero new segments to `segment_bytes_max` (write zeros + fdatasync ahead of time,
+    /// Pre-zero new segments to their full size (write zeros + fdatasync ahead of time,
     /// then rename into place), so appends overwrite written blocks and each fdatasync flushes
     /// data only. Costs one extra write of every segment byte, mostly in the background, and
-    /// up to one spare segment of disk space per log. Falls back to `fallocate` where the disk
+    /// up to one spare segment (the next segment's size) of disk space per log. Falls back to `fallocate` where the disk
     /// cannot rename. Also enables segment recycling (`recycle_segments_max`).
     pub preallocate: bool,
     /// Purged segment files kept (renamed to spares) and reused as later segments instead of
@@ -78,6 +82,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_bytes_max: 64 * 1024 * 1024,
+            segment_bytes_min: 1024 * 1024,
             index_interval_bytes: 4096,
             group_commit_bytes_max: 4 * 1024 * 1024,
             frame_payload_bytes_max: 32 * 1024 * 1024,
@@ -88,6 +93,33 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// Size of a new log's first segment (`segment_bytes_min`, at most `segment_bytes_max`).
+    pub(crate) fn first_segment_bytes(&self) -> u64 {
+        self.segment_bytes_min.min(self.segment_bytes_max)
+    }
+
+    /// Planned size of the segment after one of `capacity` bytes: twice the largest
+    /// `first_segment_bytes() * 2^k` not above `capacity` (so a segment enlarged for one big
+    /// frame, or a larger recycled file, does not knock the sizes off that grid), capped at
+    /// `segment_bytes_max`.
+    pub(crate) fn segment_bytes_after(&self, capacity: u64) -> u64 {
+        let mut size = self.first_segment_bytes();
+        while size.saturating_mul(2) <= capacity && size < self.segment_bytes_max {
+            size = size.saturating_mul(2);
+        }
+        size.saturating_mul(2).min(self.segment_bytes_max)
+    }
+
+    /// The smallest planned size (`first_segment_bytes() * 2^k`, capped at
+    /// `segment_bytes_max`) holding `bytes`, or `bytes` itself if none does.
+    pub(crate) fn segment_bytes_holding(&self, bytes: u64) -> u64 {
+        let mut size = self.first_segment_bytes();
+        while size < bytes && size < self.segment_bytes_max {
+            size = size.saturating_mul(2).min(self.segment_bytes_max);
+        }
+        size.max(bytes)
+    }
+
     fn validate(&self) -> Result<(), StorageError> {
         let bad = |reason: &str| {
             Err(StorageError::InvalidConfig {
@@ -96,6 +128,9 @@ impl LogConfig {
         };
         if self.segment_bytes_max < 4096 {
             return bad("segment_bytes_max must be at least 4096");
+        }
+        if self.segment_bytes_min < 4096 {
+            return bad("segment_bytes_min must be at least 4096");
         }
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes must be positive");

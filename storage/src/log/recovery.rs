@@ -266,6 +266,13 @@ pub(crate) async fn recover(
         } else {
             load_sealed(disk, dir, &path, file, base, config, false).await?
         };
+        let mut seg = seg;
+        let len = seg
+            .file
+            .len()
+            .await
+            .map_err(|e| StorageError::io("stat", &path, e))?;
+        seg.capacity = recovered_capacity(config, len, seg.end_pos);
         segments.insert(base, seg);
     }
     // Contiguity: each segment starts where the previous one ends. A sealed segment loaded
@@ -294,6 +301,8 @@ pub(crate) async fn recover(
                     ),
                 ));
             }
+            let mut rescanned = rescanned;
+            rescanned.capacity = segments[&a].capacity;
             segments.insert(a, rescanned);
         }
     }
@@ -569,6 +578,14 @@ async fn recover_tail(
         .await
         .map_err(|e| StorageError::io("fdatasync", path, e))?;
     Ok(Some(scan.seg))
+}
+
+/// The capacity of a recovered segment whose file is `len` bytes with data up to `end_pos`:
+/// its file's size, rounded up to a planned segment size holding the data and the end-of-data
+/// marker (a pre-zeroed or recycled file is exactly its capacity; a file created in place,
+/// or shrunk by a truncation, grows again up to it).
+pub(crate) fn recovered_capacity(config: &LogConfig, len: u64, end_pos: u64) -> u64 {
+    len.max(config.segment_bytes_holding(end_pos + FRAME_HEADER_BYTES as u64))
 }
 
 /// Paths used by the log directory.

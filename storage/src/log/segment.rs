@@ -117,6 +117,10 @@ pub(crate) struct Segment {
     pub(crate) sparse: Vec<(u64, u64)>,
     /// End of valid data (the next frame's position).
     pub(crate) end_pos: u64,
+    /// Bytes the segment may hold before the log rolls to the next one (segments grow:
+    /// see `LogConfig::segment_bytes_min`): its file's size when it was created (or
+    /// recycled), or on recovery its file's size rounded up to a planned segment size.
+    pub(crate) capacity: u64,
 }
 
 impl Segment {
@@ -132,6 +136,7 @@ impl Segment {
             end_offset: base_offset,
             sparse: Vec::new(),
             end_pos: SEGMENT_HEADER_BYTES,
+            capacity: 0,
         }
     }
 

@@ -71,6 +71,9 @@ type Reply = oneshot::Sender<Result<(), StorageError>>;
 /// Name of the pre-zeroed spare segment in a log directory. Not a segment name
 /// (`<20 digits>.log`), so recovery and `list_dir` scans of segments ignore it.
 pub(crate) const SPARE_FILE_NAME: &str = "next-segment.spare";
+/// Segment sizes are rounded up to this (a filesystem block) when a frame needs more than
+/// the planned size.
+const SEGMENT_ALIGN_BYTES: u64 = 4096;
 /// Bytes of zeros per write while pre-zeroing a spare: bounds the zero buffer.
 const ZERO_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Recycled segment files are named `recycled-<20 digits>.spare` (not segment names).
@@ -109,10 +112,10 @@ async fn write_zeros(file: &dyn DiskFile, from: u64, to: u64) -> std::io::Result
 enum Spare {
     /// None on disk (or not usable).
     Absent,
-    /// Being zeroed by a background task.
-    Preparing(tokio::task::JoinHandle<std::io::Result<()>>),
-    /// Zeroed to `segment_bytes_max` and fdatasync'd.
-    Ready,
+    /// Being zeroed to this many bytes by a background task.
+    Preparing(tokio::task::JoinHandle<std::io::Result<()>>, u64),
+    /// Zeroed to this many bytes and fdatasync'd.
+    Ready(u64),
 }
 
 /// Deletes any old `path`, creates it afresh and fills it with `len` zeros, then
@@ -193,6 +196,8 @@ struct Active {
     salt: u32,
     file: Arc<dyn DiskFile>,
     path: PathBuf,
+    /// Roll when the next frame and the end-of-data marker would not fit in this many bytes.
+    capacity: u64,
     /// Next write position.
     pos: u64,
     next_index: u64,
@@ -230,8 +235,11 @@ pub(crate) struct Writer {
     spare: Spare,
     /// The disk cannot rename: create segments in place (fallocate) instead.
     rename_unsupported: bool,
-    /// Recycled segment files ready for reuse (full size, content irrelevant).
-    recycled: Vec<PathBuf>,
+    /// Recycled segment files ready for reuse, with their lengths (content irrelevant).
+    recycled: Vec<(PathBuf, u64)>,
+    /// Capacity of the latest active segment (`None`: a new log, or after a reset): the next
+    /// segment is planned at twice it (`LogConfig::segment_bytes_after`).
+    last_capacity: Option<u64>,
     /// Sequence number for the next recycled file's name.
     recycle_seq: u64,
 }
@@ -252,6 +260,7 @@ impl Writer {
             let st = state.lock().unwrap_or_else(|e| e.into_inner());
             st.segments.values().next_back().map(active_of)
         };
+        let last_capacity = active.as_ref().map(|a| a.capacity);
         Writer {
             disk,
             dir,
@@ -268,12 +277,28 @@ impl Writer {
             spare: Spare::Absent,
             rename_unsupported: false,
             recycled: Vec::new(),
+            last_capacity,
             recycle_seq: 0,
         }
     }
 
-    /// Adopts the recycled files a previous writer left (full-size ones, up to the bound);
-    /// deletes the others. Best effort: a failure only costs zeroing later.
+    /// Planned size of the next segment: `segment_bytes_min` for a new log, then twice the
+    /// previous segment's, up to `segment_bytes_max`.
+    fn next_segment_bytes(&self) -> u64 {
+        match self.last_capacity {
+            None => self.config.first_segment_bytes(),
+            Some(c) => self.config.segment_bytes_after(c),
+        }
+    }
+
+    /// A recycled file of `len` bytes can serve as the next segment (segments only grow, so
+    /// a smaller file would never be used: it is deleted instead).
+    fn recycle_fits(&self, len: u64) -> bool {
+        len >= self.next_segment_bytes()
+    }
+
+    /// Adopts the recycled files a previous writer left (those that fit the next segment, up
+    /// to the bound); deletes the others. Best effort: a failure only costs zeroing later.
     async fn load_recycled(&mut self) {
         let Ok(names) = self.disk.list_dir(&self.dir).await else {
             return;
@@ -284,18 +309,14 @@ impl Writer {
             };
             self.recycle_seq = self.recycle_seq.max(seq + 1);
             let path = self.dir.join(&name);
-            let mut keep = self.recycle_wanted() && self.recycled.len() < self.recycle_max();
-            if keep {
-                keep = match self.disk.open(&path, false).await {
-                    Ok(f) => f
-                        .len()
-                        .await
-                        .is_ok_and(|l| l >= self.config.segment_bytes_max),
-                    Err(_) => false,
-                };
+            let mut keep = None;
+            if self.recycle_wanted() && self.recycled.len() < self.recycle_max() {
+                if let Ok(f) = self.disk.open(&path, false).await {
+                    keep = f.len().await.ok().filter(|l| self.recycle_fits(*l));
+                }
             }
-            if keep {
-                self.recycled.push(path);
+            if let Some(len) = keep {
+                self.recycled.push((path, len));
             } else {
                 let _ = self.disk.remove_file(&path).await;
             }
@@ -375,7 +396,7 @@ impl Writer {
                     }
                     // No I/O of this log may still be in flight once `close` returns.
                     self.settle_spare().await;
-                    if matches!(self.spare, Spare::Ready) {
+                    if matches!(self.spare, Spare::Ready(_)) {
                         // Reclaim the space; the next writer zeroes a fresh spare anyway.
                         let _ = self.disk.remove_file(&self.spare_path()).await;
                     }
@@ -474,8 +495,10 @@ impl Writer {
             let mut offset = *base_offset;
             for f in frames {
                 let len = frame_len(f.payload.len()) as u64;
+                // Room for the end-of-data marker too, so a full segment keeps its size.
                 let need_roll = self.active.as_ref().is_some_and(|a| {
-                    a.pos > SEGMENT_HEADER_BYTES && a.pos + len > self.config.segment_bytes_max
+                    a.pos > SEGMENT_HEADER_BYTES
+                        && a.pos + len + FRAME_HEADER_BYTES as u64 > a.capacity
                 });
                 if need_roll {
                     if let Some(c) = chunk.take() {
@@ -484,7 +507,7 @@ impl Writer {
                     self.seal().await;
                 }
                 if self.active.is_none() {
-                    chunk = Some(self.create_segment(f.index, offset).await?);
+                    chunk = Some(self.create_segment(f.index, offset, len).await?);
                 }
                 let (Some(a), c) = (self.active.as_mut(), &mut chunk) else {
                     return Err(StorageError::Closed);
@@ -571,31 +594,36 @@ impl Writer {
         self.config.preallocate && !self.rename_unsupported
     }
 
-    /// Starts zeroing the next segment in the background once the active one is half full.
+    /// Starts zeroing the next segment (at its planned size) in the background once the
+    /// active one is half full, unless a recycled file or a ready spare will do.
     fn maybe_start_spare(&mut self) {
         let half_full = self
             .active
             .as_ref()
-            .is_some_and(|a| a.pos >= self.config.segment_bytes_max / 2);
-        if half_full
-            && self.spare_wanted()
-            && self.recycled.is_empty()
-            && matches!(self.spare, Spare::Absent)
-        {
-            let task = prepare_spare(
-                self.disk.clone(),
-                self.spare_path(),
-                self.config.segment_bytes_max,
-            );
-            self.spare = Spare::Preparing(tokio::spawn(task));
+            .is_some_and(|a| a.pos >= a.capacity / 2);
+        if !half_full || !self.spare_wanted() {
+            return;
+        }
+        let size = self.next_segment_bytes();
+        if self.recycled.iter().any(|(_, l)| *l >= size) {
+            return;
+        }
+        if matches!(self.spare, Spare::Ready(l) if l < size) {
+            // Zeroed for a smaller segment (recycled files were used meanwhile): redo it at
+            // the size needed now, off the append path (`prepare_spare` recreates the file).
+            self.spare = Spare::Absent;
+        }
+        if matches!(self.spare, Spare::Absent) {
+            let task = prepare_spare(self.disk.clone(), self.spare_path(), size);
+            self.spare = Spare::Preparing(tokio::spawn(task), size);
         }
     }
 
     /// Waits for a background zeroing task, if any, to finish.
     async fn settle_spare(&mut self) {
-        if let Spare::Preparing(task) = std::mem::replace(&mut self.spare, Spare::Absent) {
+        if let Spare::Preparing(task, len) = std::mem::replace(&mut self.spare, Spare::Absent) {
             self.spare = match task.await {
-                Ok(Ok(())) => Spare::Ready,
+                Ok(Ok(())) => Spare::Ready(len),
                 Ok(Err(e)) => {
                     tracing::warn!(dir = %self.dir.display(), error = %e, "cannot pre-zero the next segment");
                     Spare::Absent
@@ -608,28 +636,33 @@ impl Writer {
         }
     }
 
-    /// Renames the (waited for, or zeroed now) spare to `path`; `None` if there is none.
-    async fn take_spare(&mut self, path: &Path) -> Result<Option<Arc<dyn DiskFile>>, StorageError> {
+    /// Renames the (waited for, or zeroed now) spare of at least `size` bytes to `path`;
+    /// returns it with its length (a larger spare is used at its own size), or `None`.
+    async fn take_spare(
+        &mut self,
+        path: &Path,
+        size: u64,
+    ) -> Result<Option<(Arc<dyn DiskFile>, u64)>, StorageError> {
         if !self.spare_wanted() {
             return Ok(None);
         }
         self.settle_spare().await;
-        if matches!(self.spare, Spare::Absent) {
-            // No spare yet (a new log, or after a reset): zero this segment inline, once.
-            let r = prepare_spare(
-                self.disk.clone(),
-                self.spare_path(),
-                self.config.segment_bytes_max,
-            )
-            .await;
-            match r {
-                Ok(()) => self.spare = Spare::Ready,
-                Err(e) => {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot pre-zero a segment; creating it in place");
-                    return Ok(None);
+        let len = match self.spare {
+            Spare::Ready(len) if len >= size => len,
+            _ => {
+                // No spare yet (a new log, or after a reset), or one too small for a large
+                // frame: zero this segment inline, once (a new log's is the smallest size).
+                let r = prepare_spare(self.disk.clone(), self.spare_path(), size).await;
+                match r {
+                    Ok(()) => size,
+                    Err(e) => {
+                        self.spare = Spare::Absent;
+                        tracing::warn!(dir = %self.dir.display(), error = %e, "cannot pre-zero a segment; creating it in place");
+                        return Ok(None);
+                    }
                 }
             }
-        }
+        };
         self.spare = Spare::Absent;
         let spare = self.spare_path();
         match self.disk.rename(&spare, path).await {
@@ -646,17 +679,30 @@ impl Writer {
             .open(path, false)
             .await
             .map_err(|e| StorageError::io("open", path, e))?;
-        Ok(Some(file))
+        Ok(Some((file, len)))
     }
 
-    /// Reuses a recycled file as segment `path`: writes and fdatasyncs its new `header`,
-    /// then renames it into place (made durable by the caller's directory fsync).
+    /// Reuses the smallest recycled file of at least `size` bytes as segment `path` (at its
+    /// own size): writes and fdatasyncs its new `header`, then renames it into place (made
+    /// durable by the caller's directory fsync). Returns it with its length.
     async fn take_recycled(
         &mut self,
         path: &Path,
         header: &[u8; 32],
-    ) -> Result<Option<Arc<dyn DiskFile>>, StorageError> {
-        while let Some(spare) = self.recycled.pop() {
+        size: u64,
+    ) -> Result<Option<(Arc<dyn DiskFile>, u64)>, StorageError> {
+        loop {
+            let best = self
+                .recycled
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, l))| *l >= size)
+                .min_by_key(|(_, (_, l))| *l)
+                .map(|(i, _)| i);
+            let Some(i) = best else {
+                return Ok(None);
+            };
+            let (spare, len) = self.recycled.swap_remove(i);
             let file = match self.disk.open(&spare, false).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -671,9 +717,8 @@ impl Writer {
                 .rename(&spare, path)
                 .await
                 .map_err(|e| StorageError::io("rename", &spare, e))?;
-            return Ok(Some(file));
+            return Ok(Some((file, len)));
         }
-        Ok(None)
     }
 
     /// A new salt for a segment life.
@@ -682,8 +727,19 @@ impl Writer {
         self.disk.random_u64() as u32
     }
 
-    async fn create_segment(&mut self, base: u64, base_offset: u64) -> Result<Chunk, StorageError> {
+    /// Creates the next segment, starting with a frame of `frame_bytes`: at its planned size
+    /// (`next_segment_bytes`), or larger if the frame needs it, or at the size of a larger
+    /// recycled file or spare.
+    async fn create_segment(
+        &mut self,
+        base: u64,
+        base_offset: u64,
+        frame_bytes: u64,
+    ) -> Result<Chunk, StorageError> {
         let path = segment_path(&self.dir, base);
+        let need = (SEGMENT_HEADER_BYTES + frame_bytes + FRAME_HEADER_BYTES as u64)
+            .next_multiple_of(SEGMENT_ALIGN_BYTES);
+        let size = self.next_segment_bytes().max(need);
         let h = SegmentHeader {
             base_index: base,
             base_offset,
@@ -691,16 +747,16 @@ impl Writer {
         };
         let header = encode_segment_header(h);
         let recycled = if self.recycle_wanted() {
-            self.take_recycled(&path, &header).await?
+            self.take_recycled(&path, &header, size).await?
         } else {
             None
         };
         // The rename replaces a leftover file of the same name (e.g. from a truncation).
         let spare = match recycled {
             Some(file) => Some(file),
-            None => self.take_spare(&path).await?,
+            None => self.take_spare(&path, size).await?,
         };
-        let file = match spare {
+        let (file, capacity) = match spare {
             Some(file) => file,
             None => {
                 let file = self
@@ -713,16 +769,17 @@ impl Writer {
                     .await
                     .map_err(|e| StorageError::io("truncate", &path, e))?;
                 if self.config.preallocate {
-                    file.allocate(self.config.segment_bytes_max)
+                    file.allocate(size)
                         .await
                         .map_err(|e| StorageError::io("fallocate", &path, e))?;
                 }
-                file
+                (file, size)
             }
         };
-        self.lock()
-            .segments
-            .insert(base, Segment::new(h, path.clone(), file.clone()));
+        let mut seg = Segment::new(h, path.clone(), file.clone());
+        seg.capacity = capacity;
+        self.lock().segments.insert(base, seg);
+        self.last_capacity = Some(capacity);
         let mut buf = std::mem::take(&mut self.spare_buf);
         buf.extend_from_slice(&header);
         self.active = Some(Active {
@@ -730,6 +787,7 @@ impl Writer {
             salt: h.salt,
             file,
             path,
+            capacity,
             pos: SEGMENT_HEADER_BYTES,
             next_index: base,
             next_offset: base_offset,
@@ -817,6 +875,9 @@ impl Writer {
             self.sync_dir().await?;
         }
         let active = self.lock().segments.values().next_back().map(active_of);
+        if let Some(a) = &active {
+            self.last_capacity = Some(a.capacity);
+        }
         self.active = active;
         self.file_durable = self.file_durable.min(from.checked_sub(1));
         Ok(())
@@ -832,32 +893,52 @@ impl Writer {
                 .map(|s| s.base_index)
                 .collect()
         };
-        if below.is_empty() {
-            return Ok(());
+        // Recycled files kept while the segments were smaller will never fit again.
+        let mut dir_dirty = self.prune_recycled().await?;
+        for base in &below {
+            self.recycle_segment(*base).await?;
+            dir_dirty = true;
         }
-        for base in below {
-            self.recycle_segment(base).await?;
+        if dir_dirty {
+            self.sync_dir().await?;
         }
-        self.sync_dir().await
+        Ok(())
+    }
+
+    /// Deletes the recycled files too small for the next segment; true if any was deleted.
+    async fn prune_recycled(&mut self) -> Result<bool, StorageError> {
+        let size = self.next_segment_bytes();
+        let (small, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recycled)
+            .into_iter()
+            .partition(|(_, l)| *l < size);
+        self.recycled = keep;
+        for (spare, _) in &small {
+            match self.disk.remove_file(spare).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("remove", spare, e)),
+            }
+        }
+        Ok(!small.is_empty())
     }
 
     /// Removes a purged segment from the table and keeps its file as a recycled spare (if
-    /// it is full-size and the pool has room) or deletes it. The caller fsyncs the directory.
+    /// it is large enough for the next segment and the pool has room) or deletes it. The
+    /// caller fsyncs the directory.
     async fn recycle_segment(&mut self, base: u64) -> Result<(), StorageError> {
-        let full = {
+        let file = {
             let st = self.lock();
             st.segments.get(&base).map(|s| s.file.clone())
         };
-        let keep = match full {
-            Some(file) if self.recycle_wanted() && self.recycled.len() < self.recycle_max() => file
-                .len()
-                .await
-                .is_ok_and(|l| l >= self.config.segment_bytes_max),
-            _ => false,
+        let keep = match file {
+            Some(file) if self.recycle_wanted() && self.recycled.len() < self.recycle_max() => {
+                file.len().await.ok().filter(|l| self.recycle_fits(*l))
+            }
+            _ => None,
         };
-        if !keep {
+        let Some(len) = keep else {
             return self.delete_segment(base).await;
-        }
+        };
         let Some(seg) = self.lock().segments.remove(&base) else {
             return Ok(());
         };
@@ -874,7 +955,7 @@ impl Writer {
             .await
             .map_err(|e| StorageError::io("rename", &seg.path, e))?;
         remove_index_file(self.disk.as_ref(), &self.dir, base).await?;
-        self.recycled.push(spare);
+        self.recycled.push((spare, len));
         Ok(())
     }
 
@@ -885,7 +966,7 @@ impl Writer {
         }
         // The log may continue below the indexes the recycled files held: drop them, so every
         // recycled file only ever holds indexes below the next segment's base.
-        for spare in std::mem::take(&mut self.recycled) {
+        for (spare, _) in std::mem::take(&mut self.recycled) {
             match self.disk.remove_file(&spare).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -898,6 +979,8 @@ impl Writer {
             .await?;
         // Everything before the reset point is, by definition, settled.
         self.file_durable = next.index.checked_sub(1);
+        // The log starts over: its next segment is a first one (small, cheap to zero inline).
+        self.last_capacity = None;
         Ok(())
     }
 }
@@ -908,6 +991,7 @@ fn active_of(s: &Segment) -> Active {
         salt: s.salt,
         file: s.file.clone(),
         path: s.path.clone(),
+        capacity: s.capacity,
         pos: s.end_pos,
         next_index: s.next_index(),
         next_offset: s.end_offset,
