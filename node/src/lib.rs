@@ -10,8 +10,8 @@
 //! | [`server`] | the accept loop: one address carries client API and Raft connections |
 //! | [`api`] | the client API (`BrokerApi`): topics, produce, fetch, settle, groups |
 //! | [`controller`] | bootstrap, node registration, reconciler, forwarding to the metadata leader |
-//! | [`http`] | `/health`, `/ready`, `/metrics` |
-//! | [`cli`] | subcommands of the binary (`serve`, `local`) |
+//! | [`http`] | `/health`, `/ready`, `/metrics`, the JSON admin API (`/api/v1`) |
+//! | [`cli`] | subcommands of the binary (`serve`, `local`, and the client commands `topic`, `produce`, `consume`, `work`, `group`, `cluster`) |
 //!
 //! Status: the node forms and resumes a replicated metadata group, registers itself, runs the
 //! partition groups placed on it and serves the client API, health and metrics. Forwarding of
@@ -135,6 +135,7 @@ pub async fn run(
         raft: raft.clone(),
         metrics,
         node_id: config.node_id,
+        api: api.clone(),
     };
     // An empty HTTP address serves no HTTP (simulated nodes bind no real socket).
     if !config.http.is_empty() {

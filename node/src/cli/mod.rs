@@ -1,6 +1,17 @@
-//! The binary's subcommands: `serve` runs a node, `local` a whole loopback cluster.
+//! The binary's subcommands: `serve` runs a node, `local` a whole loopback cluster, and the
+//! client commands (`topic`, `produce`, `consume`, `work`, `group`, `cluster`) talk to a
+//! cluster through the `taskbroker-client` library.
+//!
+//! # Design notes
+//! - Client commands take `--brokers` (or `TASKBROKER_BROKERS`) and `--output text|json`; they
+//!   print results on stdout and report a failure as one line on stderr with exit code 1
+//!   (usage errors exit 2, from clap).
 
+pub mod admin;
+pub mod common;
+pub mod consume;
 pub mod local;
+pub mod produce;
 
 use std::path::PathBuf;
 
@@ -25,6 +36,46 @@ pub enum Command {
     Serve(ServeArgs),
     /// Start a cluster of child `serve` processes on loopback; Ctrl-C stops them all.
     Local(LocalArgs),
+    /// Create, list, describe, delete topics; add partitions.
+    Topic(admin::TopicArgs),
+    /// Produce one task per line of stdin; prints the count once all are committed.
+    Produce(produce::ProduceArgs),
+    /// Lease tasks and print their payloads, one per line.
+    Consume(consume::ConsumeArgs),
+    /// Run a shell command per task (payload on stdin): exit 0 acks, non-zero nacks.
+    Work(consume::WorkArgs),
+    /// Describe a consumer group; requeue its dead letters.
+    Group(admin::GroupArgs),
+    /// Cluster status: nodes, metadata leader, partition leaders, lagging replicas.
+    Cluster(admin::ClusterArgs),
+}
+
+impl Command {
+    /// Whether this runs a node (or nodes), rather than a client command.
+    pub fn is_server(&self) -> bool {
+        matches!(self, Command::Serve(_) | Command::Local(_))
+    }
+
+    /// Runs a client command.
+    ///
+    /// # Errors
+    /// The command's failure, to be shown as one line.
+    ///
+    /// # Panics
+    /// On `serve` or `local` (see [`Command::is_server`]).
+    pub async fn run_client(self) -> Result<(), common::CliError> {
+        match self {
+            Command::Topic(a) => admin::topic(a).await,
+            Command::Produce(a) => produce::run(a).await,
+            Command::Consume(a) => consume::consume(a).await,
+            Command::Work(a) => consume::work(a).await,
+            Command::Group(a) => admin::group(a).await,
+            Command::Cluster(a) => admin::cluster(a).await,
+            Command::Serve(_) | Command::Local(_) => {
+                unreachable!("serve and local are not client commands")
+            }
+        }
+    }
 }
 
 /// Flags of `taskbroker serve` (they override `--config` and `TASKBROKER_*` variables).

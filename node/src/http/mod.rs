@@ -1,5 +1,8 @@
-//! HTTP: `/health` (process up), `/ready` (member of a cluster with a metadata leader) and
-//! `/metrics` (Prometheus text format).
+//! HTTP: `/health` (process up), `/ready` (member of a cluster with a metadata leader),
+//! `/metrics` (Prometheus text format) and the JSON admin API under `/api/v1` ([`admin`],
+//! documented in `node/openapi.yaml`).
+
+pub mod admin;
 
 use std::sync::Arc;
 
@@ -134,6 +137,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// This node's id.
     pub node_id: u64,
+    /// The node's client API, which the admin API calls.
+    pub api: crate::api::Api,
 }
 
 async fn health() -> &'static str {
@@ -165,11 +170,13 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 
 /// Serves HTTP on `listener` until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) {
+    let admin = admin::router(state.api.clone());
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(state);
+        .with_state(state)
+        .merge(admin);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "http server stopped");
     }
