@@ -20,6 +20,16 @@ fn config() -> LogConfig {
     }
 }
 
+/// Growing segments: 4 KiB, 8 KiB, 16 KiB, then 32 KiB; recycling on (the default), so
+/// purges (none here) and rolls meet segments of different sizes.
+fn growing_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_min: 4096,
+        segment_bytes_max: 32768,
+        ..config()
+    }
+}
+
 fn payload(index: u64, len: usize) -> Bytes {
     Bytes::from(
         (0..len)
@@ -29,7 +39,7 @@ fn payload(index: u64, len: usize) -> Bytes {
 }
 
 /// One crash cycle: concurrent appenders, crash at a random point, reopen and verify.
-async fn crash_cycle(seed: u64) {
+async fn crash_cycle(seed: u64, config: fn() -> LogConfig) {
     let disk = SimDisk::new(seed);
     let dir = Path::new("/node/log");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -121,7 +131,16 @@ async fn crash_cycle(seed: u64) {
 #[tokio::test]
 async fn crash_at_random_points_keeps_acknowledged_appends() {
     for seed in 0..40 {
-        crash_cycle(seed).await;
+        crash_cycle(seed, config).await;
+    }
+}
+
+/// The same with growing segments: crashes land while rolling from one segment size to the
+/// next (while the next, larger spare is zeroed inline or in the background).
+#[tokio::test]
+async fn crash_at_random_points_across_growing_segments() {
+    for seed in 100..140 {
+        crash_cycle(seed, growing_config).await;
     }
 }
 

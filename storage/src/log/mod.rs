@@ -968,3 +968,46 @@ struct ReadPlan {
     from: u64,
     payload_max: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LogConfig;
+
+    #[test]
+    fn segment_sizes_double_on_a_grid_up_to_the_maximum() {
+        let c = LogConfig::default();
+        let mib = 1 << 20;
+        assert_eq!(c.first_segment_bytes(), mib);
+        let mut size = c.first_segment_bytes();
+        let mut seen = vec![size];
+        while size < c.segment_bytes_max {
+            size = c.segment_bytes_after(size);
+            seen.push(size);
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 16, 32, 64].map(|m| m * mib));
+        assert_eq!(c.segment_bytes_after(64 * mib), 64 * mib);
+        // Off-grid capacities (a segment enlarged for a big frame, a recycled file, the end-of
+        // -data marker past a full segment) go back to the grid.
+        assert_eq!(c.segment_bytes_after(3 * mib + 64), 4 * mib);
+        assert_eq!(c.segment_bytes_after(64 * mib + 32), 64 * mib);
+        assert_eq!(c.segment_bytes_after(200 * mib), 64 * mib);
+        assert_eq!(c.segment_bytes_holding(100), mib);
+        assert_eq!(c.segment_bytes_holding(mib + 1), 2 * mib);
+        assert_eq!(c.segment_bytes_holding(65 * mib), 65 * mib);
+        // A maximum below the minimum, or not a power-of-two multiple of it.
+        let small = LogConfig {
+            segment_bytes_max: 8192,
+            ..LogConfig::default()
+        };
+        assert_eq!(small.first_segment_bytes(), 8192);
+        assert_eq!(small.segment_bytes_after(8192), 8192);
+        let odd = LogConfig {
+            segment_bytes_min: 4096,
+            segment_bytes_max: 24576,
+            ..LogConfig::default()
+        };
+        assert_eq!(odd.segment_bytes_after(16384), 24576);
+        assert_eq!(odd.segment_bytes_after(24576), 24576);
+        assert_eq!(odd.segment_bytes_holding(20000), 24576);
+    }
+}
