@@ -152,3 +152,137 @@ impl SimNode {
 pub fn members(ids: impl IntoIterator<Item = NodeId>) -> BTreeMap<NodeId, String> {
     ids.into_iter().map(|id| (id, node_addr(id))).collect()
 }
+
+/// The Unix time (ms) at which every simulation starts: fixed, so timestamps replay.
+pub const SIM_EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// Simulated wall-clock: [`SIM_EPOCH_MS`] + turmoil's simulated elapsed time + a per-node
+/// offset that the nemesis can move (clock jumps). Never reads the host's clock.
+#[derive(Debug, Clone, Default)]
+pub struct SimClock {
+    offset_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl SimClock {
+    /// Milliseconds since the Unix epoch as this clock reads them.
+    pub fn now(&self) -> u64 {
+        let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis() as i64;
+        let off = self.offset_ms.load(std::sync::atomic::Ordering::Relaxed);
+        (SIM_EPOCH_MS as i64 + elapsed + off).max(0) as u64
+    }
+
+    /// Moves the clock by `delta_ms` (a clock jump; negative goes back).
+    pub fn jump(&self, delta_ms: i64) {
+        self.offset_ms
+            .fetch_add(delta_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl taskbroker_node::env::Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.now()
+    }
+}
+
+/// The simulated disk behind a switch that makes it lie about `sync_data` (reports success
+/// without making anything durable): the deliberately broken variant that shows the checker
+/// catches lost acknowledged writes. Honest unless [`FaultyDisk::set_lie_about_fsync`].
+#[derive(Debug, Clone)]
+pub struct FaultyDisk {
+    /// The real simulated disk (crash it with [`SimDisk::crash`]).
+    pub inner: SimDisk,
+    lie: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FaultyDisk {
+    /// An honest wrapper around `inner`.
+    pub fn new(inner: SimDisk) -> FaultyDisk {
+        FaultyDisk {
+            inner,
+            lie: Arc::default(),
+        }
+    }
+
+    /// Whether `sync_data` lies from now on.
+    pub fn set_lie_about_fsync(&self, lie: bool) {
+        self.lie.store(lie, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+use std::path::Path;
+use taskbroker_storage::io::{BackendKind, Disk, DiskFile, IoFuture as DiskFuture};
+
+impl Disk for FaultyDisk {
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+    fn open(&self, path: &Path, create: bool) -> DiskFuture<'_, Arc<dyn DiskFile>> {
+        let path = path.to_path_buf();
+        Box::pin(async move {
+            let f = self.inner.open(&path, create).await?;
+            Ok(Arc::new(FaultyFile {
+                inner: f,
+                lie: self.lie.clone(),
+            }) as Arc<dyn DiskFile>)
+        })
+    }
+    fn create_dir_all(&self, path: &Path) -> DiskFuture<'_, ()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> DiskFuture<'_, Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn remove_file(&self, path: &Path) -> DiskFuture<'_, ()> {
+        self.inner.remove_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> DiskFuture<'_, ()> {
+        self.inner.sync_dir(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> DiskFuture<'_, ()> {
+        self.inner.rename(from, to)
+    }
+    fn random_u64(&self) -> u64 {
+        self.inner.random_u64()
+    }
+    fn spawn(&self, task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+        self.inner.spawn(task)
+    }
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Arc<dyn DiskFile>,
+    lie: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DiskFile for FaultyFile {
+    fn read_at(&self, buf: Vec<u8>, pos: u64) -> DiskFuture<'_, (usize, Vec<u8>)> {
+        self.inner.read_at(buf, pos)
+    }
+    fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> DiskFuture<'_, Vec<u8>> {
+        self.inner.write_all_at(buf, pos)
+    }
+    fn sync_data(&self) -> DiskFuture<'_, ()> {
+        if self.lie.load(std::sync::atomic::Ordering::Relaxed) {
+            Box::pin(async { Ok(()) })
+        } else {
+            self.inner.sync_data()
+        }
+    }
+    fn len(&self) -> DiskFuture<'_, u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> DiskFuture<'_, ()> {
+        self.inner.set_len(len)
+    }
+    fn allocate(&self, len: u64) -> DiskFuture<'_, ()> {
+        self.inner.allocate(len)
+    }
+    fn write_all_at_and_sync(&self, buf: Vec<u8>, pos: u64) -> DiskFuture<'_, Vec<u8>> {
+        if self.lie.load(std::sync::atomic::Ordering::Relaxed) {
+            self.inner.write_all_at(buf, pos)
+        } else {
+            self.inner.write_all_at_and_sync(buf, pos)
+        }
+    }
+}

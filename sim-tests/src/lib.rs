@@ -1,20 +1,29 @@
 //! taskbroker sim-tests: whole clusters under turmoil (simulated network and clock) with the
-//! simulated disk.
+//! simulated disk, under a seeded nemesis, checked against the guarantees we promise.
 //!
 //! # Module map
 //!
 //! | Module | What it holds |
 //! |---|---|
-//! | [`env`] | the seams under simulation: [`env::TurmoilTransport`] (turmoil TCP behind the `Transport` trait), simulated disks, Raft nodes built on them |
+//! | [`env`] | the seams under simulation: [`env::TurmoilTransport`], [`env::SimClock`], [`env::FaultyDisk`] (the simulated disk, optionally lying about fsync), Raft-only nodes ([`env::SimNode`]) |
+//! | [`cluster`] | one run: production nodes, producer and worker clients, nemesis, replica checks |
+//! | [`nemesis`] | the seeded fault schedule and the fault model |
+//! | [`oracle`] | what clients were told, and the lease invariants |
+//! | [`trace`] | the event trace and its hash (determinism) |
+//! | [`campaign`] | running one seed or many (`SIM_SEED`, `SIM_SEEDS`) |
 //!
-//! Tests live in `tests/` (e.g. `raft_turmoil.rs`: replication across a leader partition).
+//! Tests live in `tests/`; see `README.md` for the guarantees, the fault model and campaigns.
 //!
 //! # Determinism
-//! turmoil seeds the network (latency, message order) and each host's tokio scheduler from
-//! one seed (`turmoil::Builder::rng_seed`; tokio's scheduler seeding needs `--cfg
-//! tokio_unstable`, set in the root `.cargo/config.toml`), and [`taskbroker_storage::io::SimDisk`]
-//! takes its own seed. Not yet deterministic: openraft draws its election timeouts from
-//! `rand::rng()` (OS-seeded) through its `TokioRuntime`, so two runs with one seed can elect
-//! different leaders. A seed reproduces the network schedule, not the whole run.
+//! turmoil seeds the network and each host's tokio scheduler (`--cfg tokio_unstable`, set in
+//! the root `.cargo/config.toml`); openraft's randomness comes from
+//! `taskbroker_raft::runtime::seed_thread_rng`; disks, clients and the nemesis draw from
+//! streams derived from the run's seed; clocks are simulated. `tests/determinism.rs` checks that
+//! a seed replays the same event trace.
 
+pub mod campaign;
+pub mod cluster;
 pub mod env;
+pub mod nemesis;
+pub mod oracle;
+pub mod trace;
