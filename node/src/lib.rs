@@ -139,12 +139,13 @@ pub async fn run(
     };
     // An empty HTTP address serves no HTTP (simulated nodes bind no real socket).
     if !config.http.is_empty() {
-        let http_listener = tokio::net::TcpListener::bind(&config.http)
-            .await
-            .map_err(|source| NodeError::Bind {
-                addr: config.http.clone(),
-                source,
-            })?;
+        let http_listener =
+            tokio::net::TcpListener::bind(&config.http)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: config.http.clone(),
+                    source,
+                })?;
         tasks.spawn(http::serve(http_listener, http_state));
     }
     tracing::info!(

@@ -85,8 +85,17 @@ fn cli_drives_topics_tasks_workers_and_status() {
         let out = cli(
             &cluster,
             &[
-                "topic", "create", "jobs", "--partitions", "3", "--replication", "3",
-                "--visibility-timeout", "30s", "--max-attempts", "10",
+                "topic",
+                "create",
+                "jobs",
+                "--partitions",
+                "3",
+                "--replication",
+                "3",
+                "--visibility-timeout",
+                "30s",
+                "--max-attempts",
+                "10",
             ],
             "",
         );
@@ -99,12 +108,23 @@ fn cli_drives_topics_tasks_workers_and_status() {
     }
     let created: TopicMeta = json(
         &cluster,
-        &["topic", "create", "scratch", "--partitions", "2", "--retention", "1h"],
+        &[
+            "topic",
+            "create",
+            "scratch",
+            "--partitions",
+            "2",
+            "--retention",
+            "1h",
+        ],
     );
     assert_eq!(created.partitions.len(), 2);
     assert_eq!(created.retention_ms, Some(3_600_000));
     let listed = ok(&cluster, &["topic", "list"], "");
-    assert!(listed.contains("jobs") && listed.contains("scratch"), "{listed}");
+    assert!(
+        listed.contains("jobs") && listed.contains("scratch"),
+        "{listed}"
+    );
     let topics: Vec<TopicMeta> = json(&cluster, &["topic", "list"]);
     assert_eq!(topics.len(), 2);
     let jobs: TopicMeta = json(&cluster, &["topic", "describe", "jobs"]);
@@ -115,19 +135,31 @@ fn cli_drives_topics_tasks_workers_and_status() {
     assert!(jobs.partitions.iter().all(|p| p.replicas.len() == 3));
     let text = ok(&cluster, &["topic", "describe", "jobs"], "");
     assert!(text.contains("visibility timeout: 30s"), "{text}");
-    let added: TopicMeta = json(&cluster, &["topic", "add-partitions", "scratch", "--count", "2"]);
+    let added: TopicMeta = json(
+        &cluster,
+        &["topic", "add-partitions", "scratch", "--count", "2"],
+    );
     assert_eq!(added.partitions.len(), 4);
     ok(&cluster, &["topic", "delete", "scratch"], "");
     let topics: Vec<TopicMeta> = json(&cluster, &["topic", "list"]);
-    assert_eq!(topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["jobs"]);
+    assert_eq!(
+        topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["jobs"]
+    );
 
     // Produce from stdin, consume exactly those payloads with --count N --ack.
     let payloads: Vec<String> = (0..20).map(|i| format!("job-{i}")).collect();
-    let out = ok(&cluster, &["produce", "jobs"], &(payloads.join("\n") + "\n"));
+    let out = ok(
+        &cluster,
+        &["produce", "jobs"],
+        &(payloads.join("\n") + "\n"),
+    );
     assert_eq!(out.trim(), "produced 20 tasks to jobs");
     let out = ok(
         &cluster,
-        &["consume", "jobs", "--group", "printer", "--count", "20", "--ack"],
+        &[
+            "consume", "jobs", "--group", "printer", "--count", "20", "--ack",
+        ],
         "",
     );
     let mut got: Vec<&str> = out.lines().collect();
@@ -136,7 +168,10 @@ fn cli_drives_topics_tasks_workers_and_status() {
     want.sort();
     assert_eq!(got, want);
     let g = group(&cluster, "jobs", "printer");
-    assert!(g.partitions.iter().all(|p| p.ready == 0 && p.in_flight == 0));
+    assert!(g
+        .partitions
+        .iter()
+        .all(|p| p.ready == 0 && p.in_flight == 0));
     assert_eq!(g.partitions.iter().map(|p| p.acked_total).sum::<u64>(), 20);
 
     // work --exec: a command that succeeds acks; one that fails nacks (redelivered, attempt
@@ -156,7 +191,16 @@ fn cli_drives_topics_tasks_workers_and_status() {
     // One write per task (concurrent commands append whole lines).
     let exec = format!("echo \"$(cat)\" >> {}", done.display());
     let mut worker = Command::new(bin())
-        .args(["work", "jobs", "--group", "workers", "--concurrency", "2", "--exec", &exec])
+        .args([
+            "work",
+            "jobs",
+            "--group",
+            "workers",
+            "--concurrency",
+            "2",
+            "--exec",
+            &exec,
+        ])
         .env("TASKBROKER_BROKERS", brokers(&cluster))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -189,7 +233,14 @@ fn cli_drives_topics_tasks_workers_and_status() {
     let exec = format!("echo $TASKBROKER_ATTEMPT >> {}; exit 1", attempts.display());
     let mut failing = Command::new(bin())
         .args([
-            "work", "jobs", "--group", "failing", "--exec", &exec, "--retry-delay", "100ms",
+            "work",
+            "jobs",
+            "--group",
+            "failing",
+            "--exec",
+            &exec,
+            "--retry-delay",
+            "100ms",
         ])
         .env("TASKBROKER_BROKERS", brokers(&cluster))
         .stdout(Stdio::null())
@@ -205,7 +256,10 @@ fn cli_drives_topics_tasks_workers_and_status() {
         if nums.iter().any(|a| *a >= 3) {
             break;
         }
-        assert!(Instant::now() < deadline, "no redelivery with a growing attempt: {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no redelivery with a growing attempt: {seen:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(terminate(&mut failing).success());
@@ -229,13 +283,20 @@ fn cli_drives_topics_tasks_workers_and_status() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown group"));
     let out = cli(&cluster, &["topic", "create"], "");
     assert_eq!(out.status.code(), Some(2));
-    let out = cli(&cluster, &["topic", "create", "x", "--visibility-timeout", "3 days"], "");
+    let out = cli(
+        &cluster,
+        &["topic", "create", "x", "--visibility-timeout", "3 days"],
+        "",
+    );
     assert_eq!(out.status.code(), Some(2));
     let long = "x".repeat(2 << 20);
     let out = cli(&cluster, &["produce", "jobs"], &format!("ok\n{long}\n"));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("line 2") && err.contains("size limit"), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("size limit"),
+        "{err}"
+    );
     let out = Command::new(bin())
         .args(["topic", "list", "--brokers", "127.0.0.1:1"])
         .output()
@@ -269,7 +330,10 @@ fn eventually_sync<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T 
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "condition not reached in {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached in {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -277,7 +341,8 @@ fn eventually_sync<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T 
 /// One HTTP/1.0 request: (status code, body).
 fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let body = body.unwrap_or("");
     write!(
         s,
@@ -297,7 +362,10 @@ fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde
         .split_once("\r\n\r\n")
         .map(|(_, b)| b)
         .unwrap_or_default();
-    (code, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+    (
+        code,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[test]
@@ -305,7 +373,8 @@ fn http_admin_api_creates_lists_describes_and_reports_errors() {
     let cluster = Cluster::start(3);
     // Node 2 answers, whoever leads the metadata group (writes are forwarded).
     let h = cluster.node(2).http.clone();
-    let body = r#"{"name":"web","partitions":4,"replication_factor":3,"visibility_timeout_ms":5000}"#;
+    let body =
+        r#"{"name":"web","partitions":4,"replication_factor":3,"visibility_timeout_ms":5000}"#;
     let deadline = Instant::now() + Duration::from_secs(30);
     let created = loop {
         let (code, v) = http(&h, "POST", "/api/v1/topics", Some(body));
@@ -332,7 +401,12 @@ fn http_admin_api_creates_lists_describes_and_reports_errors() {
     assert_eq!(cli_view.name, "web");
     assert_eq!(cli_view.partitions.len(), 4);
 
-    let (code, v) = http(&h, "POST", "/api/v1/topics/web/partitions", Some(r#"{"count":2}"#));
+    let (code, v) = http(
+        &h,
+        "POST",
+        "/api/v1/topics/web/partitions",
+        Some(r#"{"count":2}"#),
+    );
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["partitions"].as_array().map(Vec::len), Some(6));
 
@@ -343,7 +417,11 @@ fn http_admin_api_creates_lists_describes_and_reports_errors() {
 
     // A group exists once used.
     ok(&cluster, &["produce", "web"], "a\nb\n");
-    ok(&cluster, &["consume", "web", "--group", "g", "--count", "2", "--ack"], "");
+    ok(
+        &cluster,
+        &["consume", "web", "--group", "g", "--count", "2", "--ack"],
+        "",
+    );
     let (code, v) = http(&h, "GET", "/api/v1/topics/web/groups/g", None);
     assert_eq!(code, 200, "{v}");
     let g: GroupDescription = serde_json::from_value(v).expect("group");
@@ -354,17 +432,39 @@ fn http_admin_api_creates_lists_describes_and_reports_errors() {
 
     // Errors: JSON with a kind and a fitting status.
     let (code, v) = http(&h, "GET", "/api/v1/topics/nope", None);
-    assert_eq!((code, v["error"]["kind"].as_str()), (404, Some("unknown_topic")));
-    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("nope")));
+    assert_eq!(
+        (code, v["error"]["kind"].as_str()),
+        (404, Some("unknown_topic"))
+    );
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("nope")));
     let (code, v) = http(&h, "GET", "/api/v1/topics/web/groups/none", None);
-    assert_eq!((code, v["error"]["kind"].as_str()), (404, Some("unknown_group")));
+    assert_eq!(
+        (code, v["error"]["kind"].as_str()),
+        (404, Some("unknown_group"))
+    );
     let conflict = r#"{"name":"web","partitions":9}"#;
     let (code, v) = http(&h, "POST", "/api/v1/topics", Some(conflict));
-    assert_eq!((code, v["error"]["kind"].as_str()), (409, Some("topic_conflict")));
+    assert_eq!(
+        (code, v["error"]["kind"].as_str()),
+        (409, Some("topic_conflict"))
+    );
     let (code, v) = http(&h, "POST", "/api/v1/topics", Some("{not json"));
-    assert_eq!((code, v["error"]["kind"].as_str()), (400, Some("invalid_argument")));
-    let (code, v) = http(&h, "POST", "/api/v1/topics/web/partitions", Some(r#"{"count":0}"#));
-    assert_eq!((code, v["error"]["kind"].as_str()), (400, Some("invalid_argument")));
+    assert_eq!(
+        (code, v["error"]["kind"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+    let (code, v) = http(
+        &h,
+        "POST",
+        "/api/v1/topics/web/partitions",
+        Some(r#"{"count":0}"#),
+    );
+    assert_eq!(
+        (code, v["error"]["kind"].as_str()),
+        (400, Some("invalid_argument"))
+    );
     let (code, _) = http(&h, "GET", "/api/v1/nothing", None);
     assert_eq!(code, 404);
 

@@ -126,7 +126,10 @@ async fn kill_the_busiest_leader_mid_workload_loses_no_task() {
     .await;
     eventually(Duration::from_secs(30), "partition leaders", || async {
         let t = admin.describe_topic(TOPIC).await.ok()?;
-        t.partitions.iter().all(|p| p.leader.is_some()).then_some(())
+        t.partitions
+            .iter()
+            .all(|p| p.leader.is_some())
+            .then_some(())
     })
     .await;
 
@@ -303,8 +306,10 @@ async fn kill_the_busiest_leader_mid_workload_loses_no_task() {
         || async {
             let g = describe_with_cli(&cluster)?;
             (g.partitions.len() == PARTITIONS as usize
-                && g.partitions.iter().all(|p| p.ready == 0 && p.in_flight == 0 && p.delayed == 0))
-                .then_some(g)
+                && g.partitions
+                    .iter()
+                    .all(|p| p.ready == 0 && p.in_flight == 0 && p.delayed == 0))
+            .then_some(g)
         },
     )
     .await;
@@ -326,36 +331,40 @@ async fn kill_the_busiest_leader_mid_workload_loses_no_task() {
         .filter(|n| n.id != victim)
         .map(|n| n.http.clone())
         .collect();
-    let caught_up = eventually(Duration::from_secs(60), "the restarted node catches up", || {
-        let (victim_http, others) = (victim_http.clone(), others.clone());
-        async move {
-            let applied = metric(&victim_http, "taskbroker_raft_applied_index");
-            let mut leader_commit = BTreeMap::new();
-            for h in &others {
-                let leader = metric(h, "taskbroker_raft_leader");
-                let commit = metric(h, "taskbroker_raft_commit_index");
-                for (g, l) in leader {
-                    if l == 1 {
-                        leader_commit.insert(g.clone(), commit.get(&g).copied().unwrap_or(-1));
+    let caught_up = eventually(
+        Duration::from_secs(60),
+        "the restarted node catches up",
+        || {
+            let (victim_http, others) = (victim_http.clone(), others.clone());
+            async move {
+                let applied = metric(&victim_http, "taskbroker_raft_applied_index");
+                let mut leader_commit = BTreeMap::new();
+                for h in &others {
+                    let leader = metric(h, "taskbroker_raft_leader");
+                    let commit = metric(h, "taskbroker_raft_commit_index");
+                    for (g, l) in leader {
+                        if l == 1 {
+                            leader_commit.insert(g.clone(), commit.get(&g).copied().unwrap_or(-1));
+                        }
                     }
                 }
+                let partition_groups: Vec<&String> =
+                    applied.keys().filter(|g| g.as_str() != "meta").collect();
+                if partition_groups.len() < PARTITIONS as usize {
+                    return None;
+                }
+                let behind: Vec<_> = partition_groups
+                    .iter()
+                    .filter(|g| match leader_commit.get(**g) {
+                        Some(c) => applied[**g] < *c,
+                        // The victim leads it again (or no leader known): it is its own reference.
+                        None => false,
+                    })
+                    .collect();
+                behind.is_empty().then_some(applied.len())
             }
-            let partition_groups: Vec<&String> =
-                applied.keys().filter(|g| g.as_str() != "meta").collect();
-            if partition_groups.len() < PARTITIONS as usize {
-                return None;
-            }
-            let behind: Vec<_> = partition_groups
-                .iter()
-                .filter(|g| match leader_commit.get(**g) {
-                    Some(c) => applied[**g] < *c,
-                    // The victim leads it again (or no leader known): it is its own reference.
-                    None => false,
-                })
-                .collect();
-            behind.is_empty().then_some(applied.len())
-        }
-    })
+        },
+    )
     .await;
 
     // No replica is reported lagging by any node.
@@ -384,6 +393,9 @@ async fn kill_the_busiest_leader_mid_workload_loses_no_task() {
         tally.unknown.load(Ordering::Relaxed),
         started.elapsed()
     );
-    assert!(committed.len() as u64 >= TASKS_TOTAL * 9 / 10, "too few sends succeeded");
+    assert!(
+        committed.len() as u64 >= TASKS_TOTAL * 9 / 10,
+        "too few sends succeeded"
+    );
     assert!(acked_total >= committed.len() as u64);
 }

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use taskbroker_client::proto::GroupMode;
 use taskbroker_client::{ClusterStatus, GroupDescription, TopicMeta, TopicSpec};
 
-use super::common::{human_ms, millis, parse_duration, table, ClientArgs, CliError};
+use super::common::{human_ms, millis, parse_duration, table, CliError, ClientArgs};
 use crate::http::admin::{Requeued, TopicDeleted};
 
 /// `taskbroker topic`.

@@ -75,7 +75,11 @@ impl ClientArgs {
     ///
     /// # Errors
     /// Writing stdout failed.
-    pub fn print<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) -> Result<(), CliError> {
+    pub fn print<T: Serialize>(
+        &self,
+        value: &T,
+        text: impl FnOnce() -> String,
+    ) -> Result<(), CliError> {
         let out = match self.output {
             Output::Json => {
                 let mut s = serde_json::to_string_pretty(value).map_err(|e| CliError::Io {
@@ -204,11 +208,11 @@ pub fn table(rows: &[Vec<String>]) -> String {
 
 /// A duration for humans: `30s`, `500ms`, `5m`.
 pub fn human_ms(ms: u64) -> String {
-    if ms % 3_600_000 == 0 && ms > 0 {
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")
@@ -234,10 +238,7 @@ mod tests {
     #[test]
     fn human_durations_round_trip() {
         for ms in [500, 30_000, 300_000, 3_600_000, 1_500] {
-            assert_eq!(
-                parse_duration(&human_ms(ms)),
-                Ok(Duration::from_millis(ms))
-            );
+            assert_eq!(parse_duration(&human_ms(ms)), Ok(Duration::from_millis(ms)));
         }
     }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use taskbroker_client::{LeasedTask, Worker};
 use tokio::io::AsyncWriteExt;
 
-use super::common::{parse_duration, write_stdout, ClientArgs, CliError, Output};
+use super::common::{parse_duration, write_stdout, CliError, ClientArgs, Output};
 
 /// Most tasks `consume` holds unacknowledged at once (its `--count`, or this without one).
 /// Why: every held task is a lease the broker tracks and this process extends.
@@ -132,7 +132,9 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), CliError> {
     client.partition_count(&args.topic).await?;
     let held = args
         .count
-        .map_or(CONSUME_HELD_MAX, |c| usize::try_from(c).unwrap_or(usize::MAX))
+        .map_or(CONSUME_HELD_MAX, |c| {
+            usize::try_from(c).unwrap_or(usize::MAX)
+        })
         .min(CONSUME_HELD_MAX);
     let mut builder = client
         .worker(&args.topic, &args.group)

@@ -19,7 +19,7 @@ use taskbroker_client::batch::BatchLimits;
 use taskbroker_client::Task;
 use tokio::sync::mpsc;
 
-use super::common::{parse_duration, ClientArgs, CliError};
+use super::common::{parse_duration, CliError, ClientArgs};
 
 /// Lines read ahead of the producer. Why: the producer's byte budget is the real bound; this
 /// only decouples the reading thread.

@@ -200,8 +200,7 @@ async fn describe_group(
     Path((topic, group)): Path<(String, String)>,
 ) -> Answer<taskbroker_client::GroupDescription> {
     Ok(Json(
-        api.describe_group(context::current(), topic, group)
-            .await?,
+        api.describe_group(context::current(), topic, group).await?,
     ))
 }
 
@@ -257,8 +256,7 @@ mod tests {
     #[test]
     fn create_request_flattens_the_spec() {
         let r: CreateTopicRequest =
-            serde_json::from_str(r#"{"name":"t","partitions":4,"max_attempts":3}"#)
-                .expect("parse");
+            serde_json::from_str(r#"{"name":"t","partitions":4,"max_attempts":3}"#).expect("parse");
         assert_eq!(r.name, "t");
         assert_eq!(r.spec.partitions, Some(4));
         assert_eq!(r.spec.max_attempts, Some(3));
