@@ -280,6 +280,7 @@ async fn kill_the_busiest_leader_mid_workload_loses_no_task() {
             break;
         }
         if Instant::now() > deadline {
+            let group = admin.describe_group(TOPIC, GROUP).await;
             let acked = tally.acked.lock().unwrap();
             let delivered = tally.delivered.lock().unwrap();
             let lost: Vec<&String> = committed
@@ -290,8 +291,7 @@ async fn kill_the_busiest_leader_mid_workload_loses_no_task() {
             let lost_delivered = lost.iter().filter(|p| delivered.contains_key(**p)).count();
             panic!(
                 "{missing} committed tasks never acked (first: {lost:?}; {lost_delivered} of \
-                 those were delivered); group: {:?}",
-                admin.describe_group(TOPIC, GROUP).await
+                 those were delivered); group: {group:?}"
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
