@@ -5,7 +5,8 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/taskbroker/target
 CARGO ?= cargo
 NODES ?= 3
 
-.PHONY: help build run test verify fmt clippy doc nextest sim bench-compile clean-target
+.PHONY: help build run test verify fmt clippy doc nextest sim bench-compile clean-target \
+	image run-dev run-cluster stop clean logs bench rolling-restart rolling-restart-test chaos compose-check
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -26,3 +27,54 @@ test: ## Everything CI checks: fmt, clippy, docs, all tests (incl. doctests), be
 
 clean-target: ## Remove the build cache
 	rm -rf $(CARGO_TARGET_DIR)
+
+# ---- Deployment (deploy/; see deploy/README.md) ------------------------------------------------
+DOCKER_COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+IMAGE ?= taskbroker:dev
+# Which deployment `stop`, `clean`, `logs` and `rolling-restart` act on: dev, test or prod.
+DEPLOY ?= dev
+COMPOSE_FILE_dev := deploy/docker-compose.dev.yml
+COMPOSE_FILE_test := deploy/docker-compose.test.yml
+COMPOSE_FILE_prod := deploy/docker-compose.yml
+COMPOSE = TASKBROKER_IMAGE=$(IMAGE) $(DOCKER_COMPOSE) -f $(COMPOSE_FILE_$(DEPLOY)) -p taskbroker-$(DEPLOY)
+
+image: build ## Build the release binary and the FROM-scratch image IMAGE (default taskbroker:dev)
+	IMAGE=$(IMAGE) deploy/scripts/build-image.sh $(IMAGE)
+
+run-dev: image ## Run one node in Docker (deploy/docker-compose.dev.yml; client 7070, HTTP 8080)
+	$(MAKE) --no-print-directory DEPLOY=dev compose-up
+
+run-cluster: image ## Run the 3-node test cluster in Docker (deploy/docker-compose.test.yml)
+	$(MAKE) --no-print-directory DEPLOY=test compose-up
+
+compose-up:
+	$(COMPOSE) up -d
+	@echo "started deployment '$(DEPLOY)'; 'make logs DEPLOY=$(DEPLOY)', 'make stop DEPLOY=$(DEPLOY)'"
+
+stop: ## Stop the Docker deployment DEPLOY (dev|test|prod, default dev); data volumes are kept
+	$(COMPOSE) down
+
+clean: ## Stop DEPLOY and DELETE ALL ITS DATA (every task in its volumes); asks first unless FORCE=1
+	@if [ "$(FORCE)" != 1 ]; then \
+	  echo "WARNING: this deletes all data of deployment '$(DEPLOY)' (docker volumes: every topic and task)."; \
+	  read -r -p "Type 'yes' to continue: " ans && [ "$$ans" = yes ] || { echo aborted; exit 1; }; \
+	fi
+	$(COMPOSE) down -v --remove-orphans
+
+logs: ## Follow the logs of the Docker deployment DEPLOY
+	$(COMPOSE) logs -f --tail=200
+
+bench: ## Run the benchmarks (criterion; storage/BENCHMARKS.md)
+	$(CARGO) bench --workspace
+
+rolling-restart: ## Restart DEPLOY's nodes one at a time (each ready and caught up before the next)
+	DOCKER_COMPOSE="$(COMPOSE)" deploy/scripts/rolling-restart.sh
+
+rolling-restart-test: image ## Rolling restart of the test cluster under a producer: no produce may fail
+	IMAGE=$(IMAGE) deploy/scripts/rolling-restart-test.sh
+
+chaos: image ## Chaos test on Docker (kill leader, partition, restarts); SKIPs without a Docker engine
+	IMAGE=$(IMAGE) deploy/chaos/run.sh
+
+compose-check: ## Validate every compose file with `docker compose config` (SKIPs without Docker)
+	deploy/scripts/compose-check.sh
