@@ -711,10 +711,7 @@ async fn recycled_files_of_mixed_sizes_are_used_when_they_fit() {
     }
     // 4 KiB and 8 KiB from the pool, 16 KiB wanted: the 64 KiB file at its own size; then
     // the grid resumes at the maximum.
-    assert_eq!(
-        segment_sizes(&disk, dir).await,
-        vec![MIN, 8192, 65536, MAX]
-    );
+    assert_eq!(segment_sizes(&disk, dir).await, vec![MIN, 8192, 65536, MAX]);
     assert!(recycled_files(&disk.list_dir(dir).await.unwrap()).is_empty());
     // Purge all but the tail: only files at least as large as the next segment are kept.
     log.purge_before(log.next_index() - 1)

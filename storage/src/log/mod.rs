@@ -74,6 +74,7 @@ pub struct LogConfig {
     /// Purged segment files kept (renamed to spares) and reused as later segments instead of
     /// zeroing new ones: in the steady state every byte is written once, over written blocks.
     /// Bounds the disk space a log keeps after a purge (this many × `segment_bytes_max`).
+    /// Only files at least as large as the next segment are kept (see `segment_bytes_min`).
     /// 0 disables recycling. Needs `preallocate` and a disk that can rename.
     pub recycle_segments_max: usize,
 }

@@ -23,12 +23,25 @@
 //! Every writer deletes and recreates the spare before zeroing it, so a stale or half-zeroed
 //! spare left by a crash (or by a writer that is still shutting down) is never used.
 //!
+//! *Growing segments* (`LogConfig::segment_bytes_min`): a new log's first segment is
+//! `segment_bytes_min` (zeroed inline: cheap), each next one is planned at twice the previous
+//! one's size, up to `segment_bytes_max`, so a node's thousands of mostly idle logs cost a
+//! small segment each, not a full-size one. A segment is never smaller than its first frame
+//! needs (rounded up to 4 KiB), and a larger recycled file or spare is used at its own size;
+//! the writer rolls when a frame and the end-of-data marker would not fit the segment's
+//! capacity (its file's size), so a pre-zeroed file is never extended. Spares are zeroed at
+//! the next segment's planned size; recycled files smaller than it are deleted (segments only
+//! grow, so they would never fit). After a reopen, the tail segment's capacity is its file's
+//! size (rounded up to a planned size), and growth continues from there; a reset starts over
+//! at `segment_bytes_min`. Sizes are not recorded anywhere: recovery, indexes, purge and
+//! truncation never depended on a segment's size.
+//!
 //! *End-of-data marker:* every group write carries 32 zero bytes after its last frame
 //! (overwritten by the next group), so every fdatasync'd segment ends at an all-zero frame
 //! header, even in a recycled file whose old bytes there are the middle of a stale frame.
 //!
 //! *Recycled segments* (`LogConfig::recycle_segments_max`): a purge does not delete a
-//! full-size segment file but renames it to `recycled-<n>.spare` (up to the bound; beyond it
+//! segment file at least as large as the next segment but renames it to `recycled-<n>.spare` (up to the bound; beyond it
 //! files are deleted), and the next roll reuses it: in the steady state no segment is ever
 //! zeroed, every byte is written once, over already-written blocks. Zeroing (above) happens
 //! only when no recycled file is available (a new log, after a reset). Crash safety:
@@ -43,8 +56,8 @@
 //!   header; a crash before the rename is durable leaves an ordinary spare;
 //! * the recycle rename in a purge happens after the anchor (the new first index) is durable;
 //!   if a crash loses the rename, recovery finds the old segment below the anchor and deletes it;
-//! * spare names are not segment names, so recovery never reads a spare; on open, spares
-//!   shorter than `segment_bytes_max` are deleted, the rest are reused;
+//! * spare names are not segment names, so recovery never reads a spare; on open, recycled
+//!   files shorter than the next segment's planned size are deleted, the rest are reused;
 //! * truncation inside a segment zeroes the truncated bytes (up to
 //!   [`TRUNCATE_ZERO_BYTES_MAX`]; a larger cut shrinks the file instead) and fdatasyncs
 //!   before the truncation is acknowledged, so frames of the same life and salt past the cut
