@@ -17,12 +17,15 @@ use ::std::pin::Pin;
 use ::std::str::FromStr;
 use ::std::sync::Arc;
 
+pub mod aligned;
+pub(crate) mod direct;
 pub mod probe;
 pub mod sim;
 pub mod std;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
+pub use aligned::{AlignedBuf, BLOCK_BYTES};
 pub use probe::open_disk;
 pub use sim::SimDisk;
 
@@ -125,6 +128,13 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
             ))
         })
     }
+    /// Opens a log segment file: like [`Disk::open`], and the handle's
+    /// [`DiskFile::write_blocks_at_and_sync`] writes with `O_DIRECT` where the backend and the
+    /// filesystem support it (the std and io_uring backends; reads and other writes stay
+    /// buffered). The default is [`Disk::open`] (block writes then take the buffered path).
+    fn open_direct(&self, path: &Path, create: bool) -> IoFuture<'_, Arc<dyn DiskFile>> {
+        self.open(path, create)
+    }
     /// A random value (segment salts). Real backends use the OS-seeded thread RNG; the
     /// simulated disk draws from its own seeded RNG, so simulations stay deterministic.
     fn random_u64(&self) -> u64 {
@@ -160,6 +170,23 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
             self.sync_data().await?;
             Ok(buf)
         })
+    }
+    /// Writes whole blocks durably: `buf.len()` and `pos` are multiples of [`BLOCK_BYTES`].
+    /// When it returns `Ok`, these bytes (and the metadata needed to read them) are durable;
+    /// earlier writes through [`DiskFile::write_all_at`] are not necessarily (sync them
+    /// first). Backends with a direct descriptor ([`Disk::open_direct`]) write with
+    /// `O_DIRECT`, bypassing the page cache; the default copies into a `Vec` and calls
+    /// [`DiskFile::write_all_at_and_sync`]. Returns the buffer for reuse.
+    fn write_blocks_at_and_sync(&self, buf: AlignedBuf, pos: u64) -> IoFuture<'_, AlignedBuf> {
+        Box::pin(async move {
+            debug_assert!(buf.len() % BLOCK_BYTES == 0 && pos % BLOCK_BYTES as u64 == 0);
+            self.write_all_at_and_sync(buf.to_vec(), pos).await?;
+            Ok(buf)
+        })
+    }
+    /// True if [`DiskFile::write_blocks_at_and_sync`] currently writes with `O_DIRECT`.
+    fn is_direct(&self) -> bool {
+        false
     }
 }
 

@@ -7,9 +7,11 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::{BackendKind, Disk, DiskFile, IoFuture};
+use super::direct::{self, DirectMode};
+use super::{AlignedBuf, BackendKind, Disk, DiskFile, IoFuture};
 
 /// The std backend. Cheap to construct; holds no state.
 #[derive(Debug, Default, Clone)]
@@ -50,6 +52,31 @@ impl Disk for StdDisk {
             .await?;
             Ok(Arc::new(StdFile {
                 file: Arc::new(file),
+                direct: None,
+                direct_ok: Arc::new(AtomicBool::new(false)),
+                path,
+            }) as Arc<dyn DiskFile>)
+        })
+    }
+
+    fn open_direct(&self, path: &Path, create: bool) -> IoFuture<'_, Arc<dyn DiskFile>> {
+        let path = path.to_path_buf();
+        Box::pin(async move {
+            let p = path.clone();
+            let (file, direct) = blocking(move || {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(create)
+                    .truncate(false)
+                    .open(&p)?;
+                Ok((file, direct::open_direct_fd(&p)?))
+            })
+            .await?;
+            Ok(Arc::new(StdFile {
+                file: Arc::new(file),
+                direct_ok: Arc::new(AtomicBool::new(direct.is_some())),
+                direct: direct.map(Arc::new),
                 path,
             }) as Arc<dyn DiskFile>)
         })
@@ -118,6 +145,10 @@ pub(crate) fn fallocate_sync(file: &File, len: u64) -> std::io::Result<()> {
 #[derive(Debug)]
 pub struct StdFile {
     file: Arc<File>,
+    /// The `O_DIRECT` write descriptor ([`Disk::open_direct`]), if any.
+    direct: Option<Arc<File>>,
+    /// False once a direct write was refused (`EINVAL`): block writes go buffered.
+    direct_ok: Arc<AtomicBool>,
     path: PathBuf,
 }
 
@@ -173,6 +204,37 @@ impl DiskFile for StdFile {
             file.sync_data()?;
             Ok(buf)
         }))
+    }
+
+    fn write_blocks_at_and_sync(&self, buf: AlignedBuf, pos: u64) -> IoFuture<'_, AlignedBuf> {
+        let file = self.file.clone();
+        let direct = self.direct.clone().filter(|_| self.is_direct());
+        let direct_ok = self.direct_ok.clone();
+        let path = self.path.clone();
+        Box::pin(blocking(move || {
+            if let Some(d) = direct {
+                match d.write_all_at(&buf, pos) {
+                    Ok(()) => {
+                        if direct::mode() != DirectMode::Dsync {
+                            d.sync_data()?;
+                        }
+                        return Ok(buf);
+                    }
+                    Err(e) if direct::is_einval(&e) => {
+                        direct_ok.store(false, Ordering::Relaxed);
+                        direct::warn_once(&path, &e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            file.write_all_at(&buf, pos)?;
+            file.sync_data()?;
+            Ok(buf)
+        }))
+    }
+
+    fn is_direct(&self) -> bool {
+        self.direct.is_some() && self.direct_ok.load(Ordering::Relaxed)
     }
 }
 

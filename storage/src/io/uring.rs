@@ -14,21 +14,26 @@
 //! of the descriptor. tokio-uring 0.5 does not expose linked SQEs, so
 //! [`DiskFile::write_all_at_and_sync`] submits the fdatasync right after the write completes
 //! on the uring thread: one channel round trip instead of two, without `IOSQE_IO_LINK`.
+//! Segment files opened with [`Disk::open_direct`] also register an `O_DIRECT` descriptor
+//! (see [`super::direct`]); [`DiskFile::write_blocks_at_and_sync`] writes through it from an
+//! [`AlignedBuf`] (which implements tokio-uring's `IoBuf`, the module's only `unsafe`).
 //! Logs' writer tasks also run on this thread ([`Disk::spawn`]), so a group commit's
 //! request and completion never cross threads; only the appenders' tickets do.
+#![allow(unsafe_code)] // `IoBuf` for `AlignedBuf`; see the SAFETY comment.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_uring::buf::BoundedBuf;
 
-use super::{BackendKind, Disk, DiskFile, IoFuture};
+use super::direct::{self, DirectMode};
+use super::{AlignedBuf, BackendKind, Disk, DiskFile, IoFuture};
 use crate::StorageError;
 
 /// Capacity of the request channel to the uring thread: bounds queued (not in-flight) I/O.
@@ -37,6 +42,21 @@ pub const URING_QUEUE_OPS_MAX: usize = 1024;
 pub const URING_RING_ENTRIES: u32 = 256;
 
 type Reply<T> = oneshot::Sender<std::io::Result<T>>;
+
+// SAFETY: `AlignedBuf`'s pointer is to a heap allocation that does not move while the buffer
+// is owned (moving the struct moves only the pointer), `len` bytes are initialised and
+// `capacity` bytes are allocated; tokio-uring owns the buffer for the whole operation.
+unsafe impl tokio_uring::buf::IoBuf for AlignedBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.capacity()
+    }
+}
 
 /// A task to run on the uring thread (a log's writer).
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
@@ -68,6 +88,13 @@ enum Req {
         id: u64,
         reply: Reply<()>,
     },
+    WriteBlocks {
+        id: u64,
+        buf: AlignedBuf,
+        pos: u64,
+        sync: bool,
+        reply: oneshot::Sender<(std::io::Result<()>, AlignedBuf)>,
+    },
     Fallocate {
         id: u64,
         len: u64,
@@ -84,6 +111,7 @@ impl std::fmt::Debug for Req {
             Req::Read { .. } => "Read",
             Req::Write { .. } => "Write",
             Req::Sync { .. } => "Sync",
+            Req::WriteBlocks { .. } => "WriteBlocks",
             Req::Fallocate { .. } => "Fallocate",
         })
     }
@@ -208,6 +236,27 @@ async fn run(mut rx: mpsc::Receiver<Req>) {
                     });
                 }
             },
+            Req::WriteBlocks {
+                id,
+                buf,
+                pos,
+                sync,
+                reply,
+            } => match get(id) {
+                Err(e) => {
+                    let _ = reply.send((Err(e), buf));
+                }
+                Ok(f) => {
+                    tokio_uring::spawn(async move {
+                        let (r, buf) = f.write_all_at(buf, pos).await;
+                        let r = match r {
+                            Ok(()) if sync => f.sync_data().await,
+                            other => other,
+                        };
+                        let _ = reply.send((r, buf));
+                    });
+                }
+            },
             Req::Sync { id, reply } => match get(id) {
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -271,10 +320,54 @@ impl Disk for UringDisk {
                 .map_err(|_| dead())?;
             Ok(Arc::new(UringFile {
                 id,
+                direct: None,
+                direct_ok: AtomicBool::new(false),
                 tx: self.tx.clone(),
                 std: Arc::new(dup),
                 path,
             }) as Arc<dyn DiskFile>)
+        })
+    }
+
+    fn open_direct(&self, path: &Path, create: bool) -> IoFuture<'_, Arc<dyn DiskFile>> {
+        let path = path.to_path_buf();
+        Box::pin(async move {
+            let p = path.clone();
+            let (file, dup, direct) = blocking(move || {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(create)
+                    .truncate(false)
+                    .open(&p)?;
+                let dup = f.try_clone()?;
+                Ok((f, dup, direct::open_direct_fd(&p)?))
+            })
+            .await?;
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            // Build the handle first: if a send fails, its `Drop` closes what was registered.
+            let mut handle = UringFile {
+                id,
+                direct: None,
+                direct_ok: AtomicBool::new(false),
+                tx: self.tx.clone(),
+                std: Arc::new(dup),
+                path,
+            };
+            self.tx
+                .send(Req::Register { id, file })
+                .await
+                .map_err(|_| dead())?;
+            if let Some(d) = direct {
+                let did = self.next_id.fetch_add(1, Ordering::Relaxed);
+                self.tx
+                    .send(Req::Register { id: did, file: d })
+                    .await
+                    .map_err(|_| dead())?;
+                handle.direct = Some(did);
+                handle.direct_ok = AtomicBool::new(true);
+            }
+            Ok(Arc::new(handle) as Arc<dyn DiskFile>)
         })
     }
 
@@ -320,6 +413,10 @@ impl Disk for UringDisk {
 #[derive(Debug)]
 pub struct UringFile {
     id: u64,
+    /// Id of the registered `O_DIRECT` write descriptor ([`Disk::open_direct`]), if any.
+    direct: Option<u64>,
+    /// False once a direct write was refused (`EINVAL`): block writes go buffered.
+    direct_ok: AtomicBool,
     tx: mpsc::Sender<Req>,
     std: Arc<std::fs::File>,
     path: PathBuf,
@@ -336,6 +433,27 @@ impl UringFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    async fn write_blocks(
+        &self,
+        id: u64,
+        buf: AlignedBuf,
+        pos: u64,
+        sync: bool,
+    ) -> std::io::Result<(std::io::Result<()>, AlignedBuf)> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Req::WriteBlocks {
+                id,
+                buf,
+                pos,
+                sync,
+                reply,
+            })
+            .await
+            .map_err(|_| dead())?;
+        rx.await.map_err(|_| dead())
+    }
 }
 
 impl Drop for UringFile {
@@ -343,6 +461,9 @@ impl Drop for UringFile {
         // Best effort: if the queue is full or the thread is gone the descriptor leaks until
         // the uring thread exits, which is harmless.
         let _ = self.tx.try_send(Req::Close { id: self.id });
+        if let Some(id) = self.direct {
+            let _ = self.tx.try_send(Req::Close { id });
+        }
     }
 }
 
@@ -377,6 +498,31 @@ impl DiskFile for UringFile {
             sync: true,
             reply,
         }))
+    }
+
+    fn write_blocks_at_and_sync(&self, buf: AlignedBuf, pos: u64) -> IoFuture<'_, AlignedBuf> {
+        Box::pin(async move {
+            let mut buf = buf;
+            if let Some(did) = self.direct.filter(|_| self.is_direct()) {
+                let sync = direct::mode() != DirectMode::Dsync;
+                let (r, b) = self.write_blocks(did, buf, pos, sync).await?;
+                match r {
+                    Ok(()) => return Ok(b),
+                    Err(e) if direct::is_einval(&e) => {
+                        self.direct_ok.store(false, Ordering::Relaxed);
+                        direct::warn_once(&self.path, &e);
+                        buf = b;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let (r, b) = self.write_blocks(self.id, buf, pos, true).await?;
+            r.map(|()| b)
+        })
+    }
+
+    fn is_direct(&self) -> bool {
+        self.direct.is_some() && self.direct_ok.load(Ordering::Relaxed)
     }
 
     fn sync_data(&self) -> IoFuture<'_, ()> {
