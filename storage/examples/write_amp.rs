@@ -92,11 +92,15 @@ fn main() {
     let data = vec![0x5au8; RECORD];
 
     if want("raw-buffered") {
-        let f = prezeroed(&dir.path().join("raw-buffered"), (n * RECORD) as u64 + (1 << 20));
+        let f = prezeroed(
+            &dir.path().join("raw-buffered"),
+            (n * RECORD) as u64 + (1 << 20),
+        );
         let (wb0, dev0, t) = (proc_write_bytes(), dev_bytes_written(), Instant::now());
         for i in 0..n {
             // Overlapping by the 32-byte marker, like the log's old groups.
-            f.write_all_at(&data, (i * (RECORD - 32)) as u64).expect("write");
+            f.write_all_at(&data, (i * (RECORD - 32)) as u64)
+                .expect("write");
             f.sync_data().expect("fdatasync");
         }
         report("raw-buffered", n, t, wb0, dev0);

@@ -75,7 +75,11 @@ pub(crate) fn open_direct_fd(path: &Path) -> std::io::Result<Option<File>> {
     if mode == DirectMode::Dsync {
         flags |= libc::O_DSYNC;
     }
-    match OpenOptions::new().write(true).custom_flags(flags).open(path) {
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(flags)
+        .open(path)
+    {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             warn_once(path, &e);

@@ -189,15 +189,59 @@ pub fn encode_frame_salted(
     payload: &[u8],
     payload_crc: u32,
 ) {
+    let header = frame_header(salt, index, record_count, payload, payload_crc);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(payload);
+    let pad = pad16(payload.len()) - payload.len();
+    out.extend_from_slice(&[0u8; FRAME_ALIGN_BYTES][..pad]);
+}
+
+/// [`encode_frame_salted`] into a block-aligned buffer (the writer's direct-I/O buffer).
+pub(crate) fn encode_frame_aligned(
+    out: &mut crate::io::AlignedBuf,
+    salt: u32,
+    index: u64,
+    record_count: u32,
+    payload: &[u8],
+    payload_crc: u32,
+) {
+    let header = frame_header(salt, index, record_count, payload, payload_crc);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(payload);
+    let pad = pad16(payload.len()) - payload.len();
+    out.extend_from_slice(&[0u8; FRAME_ALIGN_BYTES][..pad]);
+}
+
+fn frame_header(
+    salt: u32,
+    index: u64,
+    record_count: u32,
+    payload: &[u8],
+    payload_crc: u32,
+) -> [u8; FRAME_HEADER_BYTES] {
     let len = u32::try_from(payload.len()).expect("payload length checked by the caller");
     let prefix = header_prefix(len, record_count, index, salt);
     // Payload first: the appender's CRC pass is continued over the header, no combine step.
     let crc = crc32c::crc32c_append(payload_crc, &prefix);
-    out.extend_from_slice(&prefix);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(payload);
-    let pad = pad16(payload.len()) - payload.len();
-    out.extend_from_slice(&[0u8; FRAME_ALIGN_BYTES][..pad]);
+    let mut h = [0u8; FRAME_HEADER_BYTES];
+    h[..CRC_AT].copy_from_slice(&prefix);
+    h[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Group padding (see [`super::segment`]): if `pos` (just past a frame) is not block-aligned
+/// and `rest` (the bytes from `pos` on) is all zeros up to the next block boundary, the next
+/// frame, if any, starts at that boundary: returns it. Otherwise the next frame (or the end of
+/// data) is at `pos`: returns `pos`. Unambiguous because a frame never starts with a zero
+/// byte (its magic). `rest` shorter than the gap: `pos`.
+pub(crate) fn skip_padding(pos: u64, rest: &[u8]) -> u64 {
+    let block = crate::io::BLOCK_BYTES as u64;
+    let next = pos.next_multiple_of(block);
+    let gap = (next - pos) as usize;
+    if gap == 0 || rest.len() < gap || rest[..gap].iter().any(|b| *b != 0) {
+        return pos;
+    }
+    next
 }
 
 /// Parses and validates only the header (no CRC check: that needs the payload).

@@ -10,8 +10,22 @@
 //! files are recycled, and frames of a file's previous life carry another salt, so they read
 //! as the end of data.
 //!
+//! *Group padding (block-aligned group commits):* each group commit starts at a fresh 4 KiB
+//! block ([`crate::io::BLOCK_BYTES`]) and is written as whole blocks (`O_DIRECT`), ending in
+//! zeros: the last frame of a group is followed by zeros up to the next block boundary (and,
+//! if it ends on a boundary, by one whole zero block: the end-of-data marker). So a block that
+//! holds acknowledged frames is never written again by a later append, and a torn write of a
+//! group (even one that garbles whole 4 KiB blocks) can only damage that group's own,
+//! unacknowledged frames. Readers skip the padding: after a frame ending at `p`, if the bytes
+//! up to the next block boundary `b` are all zero, the next frame (if any) is at `b`
+//! ([`super::frame::skip_padding`]); a frame never starts with a zero byte, so this is
+//! unambiguous. Space cost: up to 4 KiB - 16 bytes per group commit (see `BENCHMARKS.md`).
+//! Files written before padding (frames back to back) read the same way.
+//!
 //! *Invariants:* a segment knows its first index and offset without reading earlier segments;
-//! frames follow the header back to back, each at a 16-aligned position; `offsets` is dense
+//! frames follow the header back to back within a group, each at a 16-aligned position; after
+//! the last frame (`end_pos`) the bytes up to the block boundary past `end_pos + 32` are zeros
+//! on disk (the next group is written at `end_pos` rounded up to a block); `offsets` is dense
 //! (one entry per frame) so offset lookups and truncation points need no I/O, while file
 //! positions are kept sparsely (`sparse`, every `index_interval_bytes`).
 

@@ -69,13 +69,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::frame::{encode_frame_salted, frame_len, FRAME_HEADER_BYTES};
+use super::frame::{encode_frame_aligned, frame_len, FRAME_HEADER_BYTES};
 use super::recovery::{
     encode_anchor, remove_index_file, remove_segment_files, segment_path, write_index,
 };
 use super::segment::{encode_segment_header, Segment, SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::{LogConfig, Position, State};
-use crate::io::{Disk, DiskFile};
+use crate::io::{AlignedBuf, Disk, DiskFile, BLOCK_BYTES};
 use crate::meta::SlotFile;
 use crate::StorageError;
 
@@ -87,6 +87,8 @@ pub(crate) const SPARE_FILE_NAME: &str = "next-segment.spare";
 /// Segment sizes are rounded up to this (a filesystem block) when a frame needs more than
 /// the planned size.
 const SEGMENT_ALIGN_BYTES: u64 = 4096;
+/// Group commits start at, and are written in, whole blocks of this size.
+const BLOCK: u64 = BLOCK_BYTES as u64;
 /// Bytes of zeros per write while pre-zeroing a spare: bounds the zero buffer.
 const ZERO_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Recycled segment files are named `recycled-<20 digits>.spare` (not segment names).
@@ -211,7 +213,8 @@ struct Active {
     path: PathBuf,
     /// Roll when the next frame and the end-of-data marker would not fit in this many bytes.
     capacity: u64,
-    /// Next write position.
+    /// Next write position: block-aligned at the start of a group (after `flush`), then
+    /// advanced frame by frame while a group is encoded.
     pos: u64,
     next_index: u64,
     next_offset: u64,
@@ -219,7 +222,8 @@ struct Active {
 
 /// Frames encoded for one write, not yet registered in the segment table.
 struct Chunk {
-    buf: Vec<u8>,
+    /// Starts at a block boundary (`pos`); padded to whole blocks by `flush`.
+    buf: AlignedBuf,
     /// File position of `buf[0]`.
     pos: u64,
     /// `(index, offset, count, pos, len)`.
@@ -242,8 +246,8 @@ pub(crate) struct Writer {
     file_durable: Option<u64>,
     /// Epoch of the last truncate/reset processed.
     epoch: u64,
-    /// A cleared buffer to encode the next group into (reused, not reallocated).
-    spare_buf: Vec<u8>,
+    /// A cleared, block-aligned buffer to encode the next group into (reused).
+    spare_buf: AlignedBuf,
     /// The pre-zeroed next segment.
     spare: Spare,
     /// The disk cannot rename: create segments in place (fallocate) instead.
@@ -286,7 +290,7 @@ impl Writer {
             deferred: None,
             file_durable,
             epoch: 0,
-            spare_buf: Vec::new(),
+            spare_buf: AlignedBuf::new(),
             spare: Spare::Absent,
             rename_unsupported: false,
             recycled: Vec::new(),
@@ -509,9 +513,12 @@ impl Writer {
             for f in frames {
                 let len = frame_len(f.payload.len()) as u64;
                 // Room for the end-of-data marker too, so a full segment keeps its size.
+                // The group's write is whole blocks: it ends at the block boundary past the
+                // marker.
                 let need_roll = self.active.as_ref().is_some_and(|a| {
                     a.pos > SEGMENT_HEADER_BYTES
-                        && a.pos + len + FRAME_HEADER_BYTES as u64 > a.capacity
+                        && (a.pos + len + FRAME_HEADER_BYTES as u64).next_multiple_of(BLOCK)
+                            > a.capacity
                 });
                 if need_roll {
                     if let Some(c) = chunk.take() {
@@ -532,7 +539,7 @@ impl Writer {
                     created: false,
                 });
                 debug_assert_eq!(f.index, a.next_index);
-                encode_frame_salted(
+                encode_frame_aligned(
                     &mut c.buf,
                     a.salt,
                     f.index,
@@ -559,13 +566,16 @@ impl Writer {
             return Err(StorageError::Closed);
         };
         let (file, path, base) = (a.file.clone(), a.path.clone(), a.base);
-        // The end-of-data marker: an all-zero frame header right after the last frame (the
-        // next group overwrites it). A recycled file's old bytes at that position may be the
-        // middle of a stale frame, not a header; the marker makes every synced segment end
-        // cleanly, so a sealed segment always scans to an all-zero header.
-        c.buf.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+        // The end-of-data marker and the group padding: zeros from the last frame up to the
+        // block boundary past an all-zero frame header (32 bytes). The next group starts at
+        // the next block boundary, so it never rewrites a block holding these frames; a
+        // recycled file's old bytes after them (possibly the middle of a stale frame) are
+        // covered, so every synced segment ends cleanly at an all-zero header.
+        debug_assert_eq!(c.pos % BLOCK, 0);
+        let end = c.buf.len() + FRAME_HEADER_BYTES;
+        c.buf.pad_zeros_to(end.next_multiple_of(BLOCK_BYTES));
         let mut buf = file
-            .write_all_at_and_sync(c.buf, c.pos)
+            .write_blocks_at_and_sync(c.buf, c.pos)
             .await
             .map_err(|e| StorageError::io("write+fdatasync", &path, e))?;
         if c.created {
@@ -585,6 +595,9 @@ impl Writer {
         }
         buf.clear();
         self.spare_buf = buf;
+        if let Some(a) = self.active.as_mut() {
+            a.pos = a.pos.next_multiple_of(BLOCK);
+        }
         self.maybe_start_spare();
         Ok(())
     }
@@ -689,7 +702,7 @@ impl Writer {
         }
         let file = self
             .disk
-            .open(path, false)
+            .open_direct(path, false)
             .await
             .map_err(|e| StorageError::io("open", path, e))?;
         Ok(Some((file, len)))
@@ -716,7 +729,7 @@ impl Writer {
                 return Ok(None);
             };
             let (spare, len) = self.recycled.swap_remove(i);
-            let file = match self.disk.open(&spare, false).await {
+            let file = match self.disk.open_direct(&spare, false).await {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(path = %spare.display(), error = %e, "cannot open a recycled segment file");
@@ -774,7 +787,7 @@ impl Writer {
             None => {
                 let file = self
                     .disk
-                    .open(&path, true)
+                    .open_direct(&path, true)
                     .await
                     .map_err(|e| StorageError::io("create", &path, e))?;
                 // A leftover file of the same name must not keep old bytes.
@@ -1005,7 +1018,8 @@ fn active_of(s: &Segment) -> Active {
         file: s.file.clone(),
         path: s.path.clone(),
         capacity: s.capacity,
-        pos: s.end_pos,
+        // The group padding after `end_pos` is zeros (segment invariant): start a new block.
+        pos: s.end_pos.next_multiple_of(BLOCK),
         next_index: s.next_index(),
         next_offset: s.end_offset,
     }
