@@ -323,7 +323,9 @@ async fn log_on_recycled_files(disk: &SimDisk, dir: &Path) -> LogConfig {
         .unwrap();
     append_n(&log, 1, 60).await;
     log.purge_before(log.next_index()).unwrap().await.unwrap();
-    append_n(&log, 1, 8).await; // rolls into a recycled file
+    // Rolls into a recycled file (each group takes a 4 KiB block: one per segment here), and
+    // leaves two in the pool.
+    append_n(&log, 1, 2).await;
     log.close().await.unwrap();
     let names = disk.list_dir(dir).await.unwrap();
     assert!(!recycled_files(&names).is_empty(), "{names:?}");
@@ -598,10 +600,8 @@ async fn segments_grow_from_min_to_max() {
     append_len(&log, 4, 300).await;
     lens.push(300);
     assert_eq!(segment_sizes(&disk, dir).await, vec![MIN]);
-    assert!(
-        !disk.list_dir(dir).await.unwrap().contains(&SPARE.into()),
-        "no spare before the first segment is half full"
-    );
+    // (A 4 KiB first segment is full after one group commit: each group starts at a fresh
+    // block, so the spare for the next segment may already be on its way.)
     while log.stats().segments < 7 {
         let len = frame_len(log.next_index());
         append_len(&log, 4, len).await;

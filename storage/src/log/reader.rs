@@ -11,7 +11,8 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::frame::{
-    decode_frame, decode_header, FrameError, FrameHeader, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES,
+    decode_frame, decode_header, skip_padding, FrameError, FrameHeader, FRAME_ALIGN_BYTES,
+    FRAME_HEADER_BYTES,
 };
 use crate::io::DiskFile;
 use crate::StorageError;
@@ -117,8 +118,23 @@ impl<'a> Cursor<'a> {
         Ok(())
     }
 
+    /// Moves past group padding: a frame ending before `end` is followed, within its group,
+    /// by the next frame, or by zeros up to the block boundary where the next group starts.
+    pub(crate) async fn skip_padding(&mut self) -> Result<(), StorageError> {
+        let block = crate::io::BLOCK_BYTES as u64;
+        let boundary = self.pos.next_multiple_of(block);
+        if self.pos < self.end && boundary != self.pos && boundary < self.end {
+            let gap = (boundary - self.pos) as usize;
+            self.ensure(gap).await?;
+            let at = (self.pos - self.window_pos) as usize;
+            self.pos = skip_padding(self.pos, &self.window[at..at + gap]);
+        }
+        Ok(())
+    }
+
     /// The next frame, or `None` at the end of data.
     pub(crate) async fn next(&mut self) -> Result<Option<ReadFrame>, StorageError> {
+        self.skip_padding().await?;
         if self.pos >= self.end {
             return Ok(None);
         }
@@ -162,7 +178,8 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Finds the file position of frame `target`, scanning from a sparse entry `(idx, pos)`.
+/// Finds the file position of frame `target` (or the end of data if `target` is the next
+/// index), scanning from a sparse entry `(idx, pos)`.
 pub(crate) async fn find_frame_pos(
     file: &dyn DiskFile,
     path: &Path,
@@ -193,5 +210,8 @@ pub(crate) async fn find_frame_pos(
             }
         }
     }
+    // The frame's own start, past any group padding in front of it: a truncation there then
+    // leaves the blocks of earlier groups alone.
+    cur.skip_padding().await?;
     Ok(cur.pos)
 }

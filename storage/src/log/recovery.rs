@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::frame::FRAME_HEADER_BYTES;
-use super::frame::{decode_frame, FrameError, FRAME_ALIGN_BYTES, FRAME_MAGIC};
+use super::frame::{decode_frame, skip_padding, FrameError, FRAME_ALIGN_BYTES, FRAME_MAGIC};
 use super::index::{decode_index, encode_index, IndexData};
 use super::segment::{
     decode_segment_header, index_file_name, parse_segment_name, Segment, SegmentHeader,
@@ -78,9 +78,9 @@ struct Scan {
     seg: Segment,
     /// Position of a torn tail to truncate at, if any.
     torn_at: Option<u64>,
-    /// The data ends at a stale frame, not at an all-zero header or the end of the file:
-    /// recovery writes the end-of-data marker there.
-    stale_end: bool,
+    /// The data ends at a stale frame (at this position, after any group padding), not at an
+    /// all-zero header or the end of the file: recovery writes the end-of-data marker there.
+    stale_at: Option<u64>,
 }
 
 /// Scans frames in `buf` (a whole segment file). `tail` allows a torn end.
@@ -93,11 +93,14 @@ fn scan_segment(
     let mut pos = SEGMENT_HEADER_BYTES as usize;
     let max = config.frame_payload_bytes_max;
     loop {
+        // Skip group padding (zeros up to the block boundary), if any: a frame never starts
+        // with a zero byte, so this never skips one.
+        pos = skip_padding(pos as u64, buf.get(pos..).unwrap_or(&[])) as usize;
         if pos >= buf.len() {
             return Ok(Scan {
                 seg,
                 torn_at: None,
-                stale_end: false,
+                stale_at: None,
             });
         }
         match decode_frame(&buf[pos..], max) {
@@ -150,7 +153,7 @@ fn scan_segment(
                 return Ok(Scan {
                     torn_at: Some(pos as u64),
                     seg,
-                    stale_end: false,
+                    stale_at: None,
                 });
             }
         }
@@ -185,7 +188,7 @@ fn end_of_data(
     Ok(Scan {
         seg,
         torn_at: None,
-        stale_end,
+        stale_at: stale_end.then_some(pos as u64),
     })
 }
 
@@ -252,7 +255,7 @@ pub(crate) async fn recover(
         let is_tail = i + 1 == bases.len();
         let path = dir.join(super::segment::segment_file_name(base));
         let file = disk
-            .open(&path, false)
+            .open_direct(&path, false)
             .await
             .map_err(|e| StorageError::io("open", &path, e))?;
         let seg = if is_tail {
@@ -558,17 +561,23 @@ async fn recover_tail(
             );
             Some(at)
         }
-        None if scan.stale_end => Some(scan.seg.end_pos),
-        None => None,
+        None => scan.stale_at,
     };
-    if let Some(at) = marker_at {
-        // Write the end-of-data marker (an all-zero frame header) over the torn frame or the
-        // stale bytes rather than shrinking the file: a recycled or pre-zeroed segment keeps
-        // its full size, and once sealed it scans to a clean end. No valid frame of this
-        // life follows (checked by the scan), so this header is the only thing that could be
-        // misread later.
-        let end = (at + FRAME_HEADER_BYTES as u64).min(buf.len() as u64);
-        file.write_all_at(vec![0u8; (end - at) as usize], at)
+    // The end-of-data marker (an all-zero frame header) over the torn frame or the stale
+    // bytes, and the group padding after the last frame: zeros from the end of data up to the
+    // block boundary past the marker, so the next group (written at the next block boundary)
+    // continues a sequence that readers can follow, and the data ends at zeros. Written
+    // rather than shrinking the file: a recycled or pre-zeroed segment keeps its full size,
+    // and once sealed it scans to a clean end. No valid frame of this life follows (checked by
+    // the scan). Zeros that are already there are not rewritten: the block holding the last
+    // acknowledged frames is written only if its padding is not zeros (a file written before
+    // group padding).
+    let end_pos = scan.seg.end_pos;
+    let zero_to = (marker_at.unwrap_or(end_pos).max(end_pos) + FRAME_HEADER_BYTES as u64)
+        .next_multiple_of(crate::io::BLOCK_BYTES as u64)
+        .min(buf.len() as u64);
+    if let Some(range) = dirty_range(&buf, end_pos, zero_to) {
+        file.write_all_at(vec![0u8; (range.end - range.start) as usize], range.start)
             .await
             .map_err(|e| StorageError::io("write", path, e))?;
     }
@@ -578,6 +587,15 @@ async fn recover_tail(
         .await
         .map_err(|e| StorageError::io("fdatasync", path, e))?;
     Ok(Some(scan.seg))
+}
+
+/// The smallest range within `[from, to)` of `buf` that covers its non-zero bytes, if any.
+fn dirty_range(buf: &[u8], from: u64, to: u64) -> Option<std::ops::Range<u64>> {
+    let (from, to) = (from as usize, (to as usize).min(buf.len()));
+    let region = buf.get(from..to)?;
+    let first = region.iter().position(|b| *b != 0)?;
+    let last = region.iter().rposition(|b| *b != 0)?;
+    Some((from + first) as u64..(from + last + 1) as u64)
 }
 
 /// The capacity of a recovered segment whose file is `len` bytes with data up to `end_pos`:

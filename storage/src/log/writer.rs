@@ -36,9 +36,17 @@
 //! at `segment_bytes_min`. Sizes are not recorded anywhere: recovery, indexes, purge and
 //! truncation never depended on a segment's size.
 //!
-//! *End-of-data marker:* every group write carries 32 zero bytes after its last frame
-//! (overwritten by the next group), so every fdatasync'd segment ends at an all-zero frame
-//! header, even in a recycled file whose old bytes there are the middle of a stale frame.
+//! *End-of-data marker and block-aligned groups:* every group write starts at a block
+//! boundary and carries zeros after its last frame up to the block boundary past 32 more
+//! bytes (the padding; see [`super::segment`]), so every fdatasync'd segment ends at an
+//! all-zero frame header, even in a recycled file whose old bytes there are the middle of a
+//! stale frame. The next group starts at the next block boundary: it may overwrite the
+//! marker's zero block but never a block holding an earlier group's frames, so a torn group
+//! write cannot damage acknowledged frames. Groups are written with
+//! [`DiskFile::write_blocks_at_and_sync`] from a block-aligned buffer: `O_DIRECT` on the std
+//! and io_uring backends (segment files are opened with [`Disk::open_direct`]), which keeps
+//! ext4's large page-cache folios out of the append path (a small buffered write into a
+//! multi-MiB folio made each fdatasync write back the whole folio).
 //!
 //! *Recycled segments* (`LogConfig::recycle_segments_max`): a purge does not delete a
 //! segment file at least as large as the next segment but renames it to `recycled-<n>.spare` (up to the bound; beyond it
