@@ -103,6 +103,9 @@ pub struct GroupMetrics {
     pub commit_index: Option<u64>,
     /// Applied index.
     pub applied_index: Option<u64>,
+    /// Index up to which openraft considers the log purged (entries before it are reached
+    /// only through a snapshot; frames whose tasks are still needed stay on disk).
+    pub purged_index: Option<u64>,
     /// Voter ids.
     pub voters: Vec<NodeId>,
     /// Learner ids.
@@ -316,6 +319,7 @@ impl Group {
             last_log_index: last,
             commit_index: m.local_committed.map(|l| l.index),
             applied_index: m.last_applied.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             follower_lag,
