@@ -36,6 +36,9 @@ pub fn init_tracing() {
 pub fn run_seed(opts: &SimOptions) -> SimReport {
     println!("SIM_SEED={} nodes={}", opts.seed, opts.nodes);
     let r = cluster::run(opts);
+    for k in &r.known {
+        println!("known bug (SIM_SEED={}): {k}", r.seed);
+    }
     if !r.violations.is_empty() {
         println!(
             "FAILED SIM_SEED={} nodes={} (replay: SIM_SEED={} cargo test -p taskbroker-sim-tests)\nviolations:\n  {}\nfaults:\n  {}\ntrace tail:\n{}",

@@ -7,7 +7,7 @@ use taskbroker_sim_tests::campaign::{init_tracing, run_seed, seeds};
 use taskbroker_sim_tests::cluster::SimOptions;
 
 /// Seeds per CI run (mixed 3/5 nodes, all fault kinds).
-const CI_SEEDS: u64 = 4;
+const CI_SEEDS: u64 = 200;
 
 #[test]
 fn clusters_under_faults_keep_their_guarantees() {
