@@ -17,13 +17,14 @@ build: ## Build the release binary (target/release/taskbroker under CARGO_TARGET
 run: build ## Build and start a local cluster of NODES nodes (default 3) on loopback; Ctrl-C stops it
 	$(CARGO_TARGET_DIR)/release/taskbroker local --nodes $(NODES)
 
-test: ## Everything CI checks: fmt, clippy, docs, all tests (incl. doctests), benches compiled
+test: ## Everything CI checks: fmt, clippy, docs, all tests (incl. doctests), benches compiled, compose files
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
 	$(CARGO) bench --workspace --no-run
+	deploy/scripts/compose-check.sh
 
 clean-target: ## Remove the build cache
 	rm -rf $(CARGO_TARGET_DIR)
