@@ -1,6 +1,6 @@
 //! Append throughput: group-committed `Log` appends on the uring and std backends versus raw
 //! `pwrite` + `fdatasync` baselines (appending to a fresh, growing file, and overwriting a
-//! pre-zeroed one). See `storage/BENCHMARKS.md`.
+//! pre-zeroed one, buffered and with `O_DIRECT`). See `storage/BENCHMARKS.md`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use taskbroker_storage::io::{open_disk, BackendChoice, Disk};
+use taskbroker_storage::io::{open_disk, AlignedBuf, BackendChoice, Disk, BLOCK_BYTES};
 use taskbroker_storage::log::{FrameIn, Log, LogConfig};
 
 const FRAME_BYTES: usize = 1024;
@@ -184,6 +184,48 @@ fn raw_writer<'b>(
     }
 }
 
+/// Like [`raw_writer`] on a pre-zeroed file, but with `O_DIRECT` (and `O_DSYNC` if `dsync`,
+/// with no separate fdatasync): `payload` bytes padded to whole 4 KiB blocks, each write at
+/// the next block boundary, from a block-aligned buffer: what the log's group commits are
+/// since appends went direct (the like-for-like baseline).
+fn raw_direct_writer(
+    path: &std::path::Path,
+    dsync: bool,
+    payload: usize,
+) -> impl FnMut(u64) -> Duration {
+    use std::os::unix::fs::OpenOptionsExt;
+    drop(prezeroed(path));
+    let mut flags = libc::O_DIRECT;
+    if dsync {
+        flags |= libc::O_DSYNC;
+    }
+    let file = File::options()
+        .write(true)
+        .custom_flags(flags)
+        .open(path)
+        .expect("open O_DIRECT");
+    let mut buf = AlignedBuf::new();
+    buf.extend_from_slice(&vec![0x5au8; payload]);
+    buf.pad_zeros_to(payload.next_multiple_of(BLOCK_BYTES));
+    let mut pos = 0u64;
+    move |iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            if pos + buf.len() as u64 > RAW_FILE_BYTES {
+                pos = 0;
+            }
+            let t = Instant::now();
+            file.write_all_at(&buf, pos).expect("write");
+            if !dsync {
+                file.sync_data().expect("fdatasync");
+            }
+            pos += buf.len() as u64;
+            total += t.elapsed();
+        }
+        total
+    }
+}
+
 fn raw_baseline(c: &mut Criterion) {
     let mut g = c.benchmark_group("raw_std");
     g.sample_size(10)
@@ -201,6 +243,23 @@ fn raw_baseline(c: &mut Criterion) {
                 fresh,
                 &buf,
                 1,
+            );
+            g.bench_function(
+                BenchmarkId::new(format!("{kind}/write+fdatasync"), format!("batch={batch}")),
+                |b| b.iter_custom(&mut run),
+            );
+        }
+    }
+    for (kind, dsync) in [("prezeroed-direct", false), ("prezeroed-direct-dsync", true)] {
+        for batch in [1usize, 16, 256, 4096] {
+            if dsync && batch < 256 {
+                continue;
+            }
+            g.throughput(Throughput::Bytes((batch * FRAME_BYTES) as u64));
+            let mut run = raw_direct_writer(
+                &dir.path().join(format!("raw-{kind}-{batch}")),
+                dsync,
+                batch * FRAME_BYTES,
             );
             g.bench_function(
                 BenchmarkId::new(format!("{kind}/write+fdatasync"), format!("batch={batch}")),

@@ -77,6 +77,8 @@ fn config(preallocate: bool) -> LogConfig {
         preallocate,
         // Recycling on whenever pre-zeroing is: purges in the model feed later segments.
         recycle_segments_max: 2,
+        // A small read cache: reads mix cached frames and frames read from the files.
+        read_cache_bytes: 3000,
     }
 }
 

@@ -4,7 +4,8 @@
 //! changes). [`DiskFile::sync_data`] makes them durable. Directory entries (creations,
 //! removals, renames) become durable only after [`Disk::sync_dir`] of their directory.
 //! [`SimDisk::crash`] simulates power loss: every file keeps a seeded-random prefix of its
-//! unsynced operations (the last kept write possibly torn at a random byte), non-durable
+//! unsynced operations (the last kept write possibly torn at a random byte; optionally with
+//! the whole block it was torn in garbled, [`SimDisk::set_torn_write_garbles_block`]), non-durable
 //! creations vanish and non-durable removals come back. Handles opened before a crash fail
 //! with an I/O error afterwards, like the file descriptors of a dead process.
 //!
@@ -68,6 +69,8 @@ struct State {
     fail_sync: bool,
     latency: Duration,
     syncs: u64,
+    /// 0, or the device block size: a torn write garbles the whole block it was cut in.
+    garble_block: u64,
 }
 
 /// The simulated disk. `Clone` shares the same state, so it outlives a simulated node crash.
@@ -110,6 +113,7 @@ impl SimDisk {
                 fail_sync: false,
                 latency: Duration::ZERO,
                 syncs: 0,
+                garble_block: 0,
             })),
         }
     }
@@ -136,6 +140,15 @@ impl SimDisk {
                             let cut = st.rng.random_range(0..data.len());
                             data.truncate(cut);
                             apply(&mut node.durable, &PendingOp::Write { pos, data });
+                            if st.garble_block > 0 {
+                                // The block being written when power failed holds neither its
+                                // old nor its new bytes (e.g. a half-programmed flash page).
+                                let b = st.garble_block;
+                                let from = (pos + cut as u64) / b * b;
+                                let mut junk = vec![0u8; b as usize];
+                                st.rng.fill(&mut junk[..]);
+                                apply(&mut node.durable, &PendingOp::Write { pos: from, data: junk });
+                            }
                         }
                         op => apply(&mut node.durable, &op),
                     }
@@ -146,6 +159,14 @@ impl SimDisk {
         st.current = st.durable.clone();
         let live: BTreeSet<u64> = st.durable.values().copied().collect();
         st.nodes.retain(|id, _| live.contains(id));
+    }
+
+    /// Models a device whose torn writes destroy a whole block: on a crash, the block of
+    /// `block` bytes (file-relative, e.g. 4096) in which a torn write was cut is filled with
+    /// random bytes instead of keeping a clean prefix, whatever it held before (acknowledged
+    /// bytes too, if the write rewrote a block holding them). `0` (the default) turns it off.
+    pub fn set_torn_write_garbles_block(&self, block: u64) {
+        self.lock().garble_block = block;
     }
 
     /// Makes every later `sync_data`/`sync_dir` fail (fsync error injection) while `true`.

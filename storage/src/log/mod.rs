@@ -77,6 +77,11 @@ pub struct LogConfig {
     /// Only files at least as large as the next segment are kept (see `segment_bytes_min`).
     /// 0 disables recycling. Needs `preallocate` and a disk that can rename.
     pub recycle_segments_max: usize,
+    /// Payload bytes of the most recently written frames kept in memory for readers. Appends
+    /// are written with `O_DIRECT`, so just-written frames are not in the page cache; Raft followers and
+    /// consumers mostly read the newest frames, which this serves without disk reads. Costs
+    /// up to this much memory per log (thousands of logs: keep it small); 0 disables it.
+    pub read_cache_bytes: usize,
 }
 
 impl Default for LogConfig {
@@ -89,6 +94,7 @@ impl Default for LogConfig {
             frame_payload_bytes_max: 32 * 1024 * 1024,
             preallocate: true,
             recycle_segments_max: 4,
+            read_cache_bytes: 1024 * 1024,
         }
     }
 }
@@ -268,6 +274,10 @@ pub(crate) struct State {
     pub(crate) segments: BTreeMap<u64, Segment>,
     tail: VecDeque<TailFrame>,
     tail_bytes: u64,
+    /// Frames already written (and in the segment table), newest last, right before `tail`'s
+    /// first frame: a read cache (`LogConfig::read_cache_bytes`).
+    recent: VecDeque<Frame>,
+    recent_bytes: u64,
     next_id: u64,
     meta: Option<Bytes>,
     pub(crate) durable_index: Option<u64>,
@@ -297,12 +307,28 @@ impl State {
         Ok(())
     }
 
-    /// Drops written frames from the tail, up to operation id `last_id`.
-    pub(crate) fn pop_tail(&mut self, last_id: u64) {
+    /// Moves written frames, up to operation id `last_id`, from the tail to the read cache,
+    /// which then keeps at most `cache_bytes` of payload (the newest frames).
+    pub(crate) fn pop_tail(&mut self, last_id: u64, cache_bytes: usize) {
         while self.tail.front().is_some_and(|t| t.id <= last_id) {
             if let Some(t) = self.tail.pop_front() {
-                self.tail_bytes -= t.frame.payload.len() as u64;
+                let len = t.frame.payload.len() as u64;
+                self.tail_bytes -= len;
+                self.recent_bytes += len;
+                self.recent.push_back(t.frame);
             }
+        }
+        self.trim_recent(cache_bytes as u64, 0);
+    }
+
+    /// Drops cached frames from the front while over `bytes` or below index `first`.
+    fn trim_recent(&mut self, bytes: u64, first: u64) {
+        while let Some(f) = self.recent.front() {
+            if self.recent_bytes <= bytes && f.index >= first {
+                break;
+            }
+            self.recent_bytes -= f.payload.len() as u64;
+            self.recent.pop_front();
         }
     }
 
@@ -397,6 +423,8 @@ impl Log {
             segments: rec.segments,
             tail: VecDeque::new(),
             tail_bytes: 0,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
             next_id: 0,
             meta: rec.meta.map(Bytes::from),
             durable_index,
@@ -588,7 +616,9 @@ impl Log {
         }
         let end = st.next_index.min(from.saturating_add(max_frames as u64));
         let tail_start = st.tail.front().map_or(st.next_index, |t| t.frame.index);
-        let file_end = end.min(tail_start);
+        // Frames from `mem_start` on are in memory: the read cache, then the unwritten tail.
+        let mem_start = st.recent.front().map_or(tail_start, |f| f.index);
+        let file_end = end.min(mem_start);
         let mut segs = Vec::new();
         if from < file_end {
             let first_base = st
@@ -616,10 +646,16 @@ impl Log {
                 });
             }
         }
-        let tail = if end > tail_start {
-            let lo = (from.max(tail_start) - tail_start) as usize;
-            let hi = (end - tail_start) as usize;
-            st.tail.range(lo..hi).map(|t| t.frame.clone()).collect()
+        let tail = if end > mem_start {
+            let lo = (from.max(mem_start) - mem_start) as usize;
+            let hi = (end - mem_start) as usize;
+            st.recent
+                .iter()
+                .chain(st.tail.iter().map(|t| &t.frame))
+                .skip(lo)
+                .take(hi - lo)
+                .cloned()
+                .collect()
         } else {
             Vec::new()
         };
@@ -787,6 +823,11 @@ impl Log {
                         st.tail_bytes -= t.frame.payload.len() as u64;
                     }
                 }
+                while st.recent.back().is_some_and(|f| f.index >= index) {
+                    if let Some(f) = st.recent.pop_back() {
+                        st.recent_bytes -= f.payload.len() as u64;
+                    }
+                }
                 st.next_index = index;
                 st.next_offset = offset;
                 st.durable_index = st.durable_index.min(index.checked_sub(1));
@@ -827,6 +868,7 @@ impl Log {
             |st| {
                 st.first_index = index;
                 st.first_offset = offset;
+                st.trim_recent(u64::MAX, index);
             },
         )
     }
@@ -845,6 +887,8 @@ impl Log {
             |st| {
                 st.tail.clear();
                 st.tail_bytes = 0;
+                st.recent.clear();
+                st.recent_bytes = 0;
                 st.first_index = next.index;
                 st.first_offset = next.offset;
                 st.next_index = next.index;

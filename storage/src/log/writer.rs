@@ -494,7 +494,7 @@ impl Writer {
                 self.file_durable = last;
             }
             if let Some(id) = last_id {
-                self.lock().pop_tail(id);
+                self.lock().pop_tail(id, self.config.read_cache_bytes);
             }
             self.publish_durable();
         }
