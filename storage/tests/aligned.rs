@@ -41,6 +41,8 @@ struct Audit {
     /// `(path, pos, len)` of every block write.
     writes: Mutex<Vec<(PathBuf, u64, usize)>>,
     reads: AtomicU64,
+    /// Write, yield to the scheduler, then fdatasync (so a crash can find the write unsynced).
+    yield_before_sync: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +135,12 @@ impl DiskFile for AuditFile {
                 .lock()
                 .unwrap()
                 .push((self.path.clone(), pos, buf.len()));
+            if self.audit.yield_before_sync {
+                let buf = self.inner.write_all_at(buf.to_vec(), pos).await.map(|_| buf)?;
+                tokio::task::yield_now().await;
+                self.inner.sync_data().await?;
+                return Ok(buf);
+            }
             self.inner.write_blocks_at_and_sync(buf, pos).await
         })
     }
@@ -235,7 +243,8 @@ async fn padding_costs_at_most_a_block_per_group() {
 }
 
 /// Crash at every scheduler step of a workload of small appends (many frames per block,
-/// groups of one or more appends) on a device whose torn writes garble the whole 4 KiB block
+/// groups of one or more appends; each group write is left unsynced for a scheduler turn, so
+/// crashes tear it) on a device whose torn writes garble the whole 4 KiB block
 /// they were cut in: recovery never reports corruption and every acknowledged frame is
 /// intact. (Rewriting the partial last block with the next group, instead of starting a fresh
 /// block, fails this: the garbled block holds acknowledged frames.)
@@ -243,8 +252,15 @@ async fn padding_costs_at_most_a_block_per_group() {
 async fn torn_block_garbling_never_damages_acknowledged_frames() {
     let dir = Path::new("/t");
     for turns in 0..160u64 {
-        let disk = SimDisk::new(300 + turns);
-        disk.set_torn_write_garbles_block(BLOCK_BYTES as u64);
+        let sim = SimDisk::new(300 + turns);
+        sim.set_torn_write_garbles_block(BLOCK_BYTES as u64);
+        let disk = AuditDisk {
+            inner: sim.clone(),
+            audit: Arc::new(Audit {
+                yield_before_sync: true,
+                ..Audit::default()
+            }),
+        };
         let mut acked: Vec<(u64, usize)> = Vec::new();
         for cycle in 0..2u64 {
             let log = Log::open(Arc::new(disk.clone()), dir, config())
@@ -279,7 +295,7 @@ async fn torn_block_garbling_never_damages_acknowledged_frames() {
             for _ in 0..(turns + cycle * 37) {
                 tokio::task::yield_now().await;
             }
-            disk.crash();
+            sim.crash();
             for h in handles {
                 acked.extend(h.await.unwrap());
             }
