@@ -22,7 +22,7 @@ work="$(mktemp -d)"
 log() { echo "chaos: $(date +%H:%M:%S) $*"; }
 cleanup() {
   rc=$?
-  if ((rc != 0)); then log "FAILED (exit $rc); node logs (tail):"; $DC logs --tail=40 2>&1 | tail -120 || true; fi
+  if ((rc != 0)); then log "FAILED (exit $rc); workload log (tail):"; tail -30 "$work/load.log" 2>/dev/null || true; log "node logs (tail, WARN/ERROR):"; $DC logs --no-color --tail=300 2>&1 | grep -E "ERROR|WARN" | grep -v heartbeat | tail -30 || true; fi
   $DC down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "$work"
   exit $rc
