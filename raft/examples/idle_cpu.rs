@@ -33,7 +33,8 @@ fn main() {
     }
     let groups: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(200);
     let seconds: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
-    let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
     let addrs: Vec<String> = (0..3)
         .map(|_| {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -44,7 +45,12 @@ fn main() {
     let mut children: Vec<_> = (1..=3u64)
         .map(|id| {
             Command::new(std::env::current_exe().unwrap())
-                .args(["child", &id.to_string(), &groups.to_string(), &addrs.join(",")])
+                .args([
+                    "child",
+                    &id.to_string(),
+                    &groups.to_string(),
+                    &addrs.join(","),
+                ])
                 .arg(dir.path().join(format!("n{id}")))
                 .stdout(Stdio::piped())
                 .spawn()
@@ -53,10 +59,15 @@ fn main() {
         .collect();
     for c in children.iter_mut() {
         let mut line = String::new();
-        BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert!(line.starts_with("ready"), "child said {line:?}");
     }
-    println!("{groups} groups x 3 replicas up in {:.1}s", t.elapsed().as_secs_f64());
+    println!(
+        "{groups} groups x 3 replicas up in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     // Let start-up elections settle and idle groups quiesce.
     std::thread::sleep(Duration::from_secs(8));
     let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
@@ -80,7 +91,10 @@ fn child(args: &[String]) {
     let groups: u32 = args[1].parse().unwrap();
     let addrs: Vec<String> = args[2].split(',').map(String::from).collect();
     let data_dir = std::path::PathBuf::from(&args[3]);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let transport: Arc<dyn Transport> = Arc::new(TokioTransport);
         let mut listener = transport.bind(&addrs[(id - 1) as usize]).await.unwrap();
@@ -103,7 +117,9 @@ fn child(args: &[String]) {
         let n2 = node.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut conn, _)) = listener.accept().await else { break };
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    break;
+                };
                 let n = n2.clone();
                 tokio::spawn(async move {
                     if let Ok(p) = Preamble::read(&mut conn).await {
@@ -114,17 +130,26 @@ fn child(args: &[String]) {
                 });
             }
         });
-        let members: BTreeMap<u64, String> =
-            addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.clone())).collect();
+        let members: BTreeMap<u64, String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64 + 1, a.clone()))
+            .collect();
         let ids: Vec<GroupId> = (0..groups).map(|p| GroupId::for_partition(1, p)).collect();
         for g in &ids {
             let grp = node.open_group(*g).await.unwrap();
             // Spread preferred leaders over the nodes, as placement does.
             let rank = ((id - 1) as usize + 3 - (g.partition() as usize % 3)) % 3;
-            grp.bootstrap(&members, rank, Duration::from_secs(3600)).await.unwrap();
+            grp.bootstrap(&members, rank, Duration::from_secs(3600))
+                .await
+                .unwrap();
         }
         for g in &ids {
-            node.group(*g).unwrap().wait_for_leader(Duration::from_secs(120)).await.expect("leader");
+            node.group(*g)
+                .unwrap()
+                .wait_for_leader(Duration::from_secs(120))
+                .await
+                .expect("leader");
         }
         println!("ready");
         std::future::pending::<()>().await;
