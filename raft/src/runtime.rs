@@ -89,7 +89,10 @@ impl AsyncRuntime for SeedableTokio {
         TokioRuntime::timeout_at(deadline, future)
     }
 
-    fn select2<A, B>(a: A, b: B) -> impl Future<Output = Select2<A::Output, B::Output>> + OptionalSend
+    fn select2<A, B>(
+        a: A,
+        b: B,
+    ) -> impl Future<Output = Select2<A::Output, B::Output>> + OptionalSend
     where
         A: Future + OptionalSend,
         B: Future + OptionalSend,
@@ -171,12 +174,18 @@ mod tests {
     #[test]
     fn seeded_streams_replay_and_unseeded_differ() {
         seed_thread_rng(7);
-        let a: Vec<u64> = (0..4).map(|_| SeedableTokio::thread_rng().next_u64()).collect();
+        let a: Vec<u64> = (0..4)
+            .map(|_| SeedableTokio::thread_rng().next_u64())
+            .collect();
         seed_thread_rng(7);
-        let b: Vec<u64> = (0..4).map(|_| SeedableTokio::thread_rng().next_u64()).collect();
+        let b: Vec<u64> = (0..4)
+            .map(|_| SeedableTokio::thread_rng().next_u64())
+            .collect();
         assert_eq!(a, b);
         unseed_thread_rng();
-        let c: Vec<u64> = (0..4).map(|_| SeedableTokio::thread_rng().next_u64()).collect();
+        let c: Vec<u64> = (0..4)
+            .map(|_| SeedableTokio::thread_rng().next_u64())
+            .collect();
         assert_ne!(a, c);
     }
 }

@@ -80,7 +80,7 @@ impl SimOptions {
     pub fn for_seed(seed: u64) -> SimOptions {
         SimOptions {
             seed,
-            nodes: if seed % 2 == 0 { 3 } else { 5 },
+            nodes: if seed.is_multiple_of(2) { 3 } else { 5 },
             lie_about_fsync: false,
             force_crash_all: false,
             faults: true,
@@ -809,9 +809,10 @@ async fn check_replicas(
         let mut reference: Option<(NodeId, Vec<taskbroker_storage::Frame>)> = None;
         for r in &replicas {
             let Some(g) = r.group(gid) else { continue };
-            // Known bug (see README, "Findings"): a restarted follower of a quiesced group may
-            // not learn the commit index until the next write, so it does not apply. Its log is
-            // still compared below; its applied state is skipped.
+            // Known bug (see README, "Findings"): a follower of a quiesced group does not learn
+            // that the last entry committed (the next AppendEntries would carry it; quiescence
+            // suppresses it), so it does not apply it. Its log is still compared below; its
+            // applied state is skipped.
             let applied = g.wait_applied(commit, Duration::from_secs(10)).await;
             if !applied {
                 known.push(format!(
