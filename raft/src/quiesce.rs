@@ -35,12 +35,17 @@ use crate::types::{GroupId, NodeId};
 
 /// How long a leader's group must be idle (log unchanged, followers caught up) to quiesce.
 pub const QUIESCE_AFTER_IDLE: Duration = Duration::from_secs(3);
+/// A quiet leader wakes for a couple of heartbeats this often, so a follower that missed the
+/// last commit index or the leader's identity (a restart, a lost message) learns it.
+pub const QUIET_REFRESH: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 struct PeerView {
     addr: String,
     last_ok: Option<Instant>,
     led: BTreeSet<GroupId>,
+    /// The peer's process incarnation from its last answer.
+    incarnation: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +59,8 @@ struct GroupView {
     last_log: Option<u64>,
     idle_since: Instant,
     mode: Mode,
+    /// When a quiet leader last woke to refresh its followers.
+    refreshed: Instant,
 }
 
 /// Node-level liveness and per-group quiescence state.
@@ -103,8 +110,14 @@ pub(crate) async fn run(
         ticker.tick().await;
         let Some(node) = node.upgrade() else { return };
         refresh_peers(&node, &quiescer);
-        ping_peers(&node, &quiescer, alive_within).await;
+        // Peers that (re)appeared since the last round: a restarted follower knows neither the
+        // leader nor the commit index until the leader sends something.
+        let woke: BTreeSet<NodeId> = ping_peers(&node, &quiescer, alive_within).await;
         let now = Instant::now();
+        // A refresh wakes the group for a few heartbeats, then it may quiesce again.
+        let refresh_idle_since = now
+            .checked_sub(QUIESCE_AFTER_IDLE.saturating_sub(interval * 3))
+            .unwrap_or(now);
         for id in node.group_ids() {
             let Some(g) = node.group(id) else { continue };
             let raft = g.raft_handle();
@@ -114,12 +127,26 @@ pub(crate) async fn run(
                 last_log: m.last_log_index,
                 idle_since: now,
                 mode: Mode::Awake,
+                refreshed: now,
             });
             if view.last_log != m.last_log_index {
                 view.last_log = m.last_log_index;
                 view.idle_since = now;
             }
             let is_leader = m.state == openraft::ServerState::Leader;
+            if is_leader {
+                let member_woke = m
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .any(|(nid, _)| woke.contains(nid));
+                let refresh_due =
+                    view.mode == Mode::Quiet && now.duration_since(view.refreshed) >= QUIET_REFRESH;
+                if member_woke || refresh_due {
+                    view.refreshed = now;
+                    view.idle_since = view.idle_since.max(refresh_idle_since);
+                }
+            }
             let want = if is_leader {
                 let caught_up = m.replication.as_ref().is_some_and(|r| {
                     r.values()
@@ -196,12 +223,15 @@ fn refresh_peers(node: &RaftNode, q: &Quiescer) {
             addr: addr.clone(),
             last_ok: None,
             led: BTreeSet::new(),
+            incarnation: None,
         });
         e.addr = addr;
     }
 }
 
-async fn ping_peers(node: &RaftNode, q: &Quiescer, timeout: Duration) {
+/// Pings every peer; returns the peers that answered after not answering within
+/// `timeout`, or with a new incarnation (they restarted).
+async fn ping_peers(node: &RaftNode, q: &Quiescer, timeout: Duration) -> BTreeSet<NodeId> {
     let targets: Vec<(NodeId, String)> = q
         .peers
         .lock()
@@ -215,11 +245,20 @@ async fn ping_peers(node: &RaftNode, q: &Quiescer, timeout: Duration) {
     });
     let results = futures::future::join_all(pings).await;
     let now = Instant::now();
+    let mut woke = BTreeSet::new();
     let mut peers = q.peers.lock().unwrap_or_else(|p| p.into_inner());
     for (id, r) in results {
-        if let (Ok(led), Some(p)) = (r, peers.get_mut(&id)) {
+        if let (Ok((incarnation, led)), Some(p)) = (r, peers.get_mut(&id)) {
+            let was_alive = p
+                .last_ok
+                .is_some_and(|t| now.duration_since(t) <= timeout * 2);
+            if !was_alive || p.incarnation != Some(incarnation) {
+                woke.insert(id);
+            }
             p.last_ok = Some(now);
             p.led = led.into_iter().collect();
+            p.incarnation = Some(incarnation);
         }
     }
+    woke
 }

@@ -386,6 +386,7 @@ pub struct RaftNode {
     groups: RwLock<BTreeMap<GroupId, Group>>,
     opening: tokio::sync::Mutex<()>,
     quiescer: Option<Arc<crate::quiesce::Quiescer>>,
+    incarnation: u64,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -411,6 +412,7 @@ impl RaftNode {
         let interval = Duration::from_millis(config.timing.heartbeat_interval_ms);
         let alive_within = Duration::from_millis(config.timing.election_timeout_min_ms);
         let quiescer = quiesce.then(|| Arc::new(crate::quiesce::Quiescer::default()));
+        let disk_for_seed = disk.clone();
         let node = Arc::new(RaftNode {
             config,
             disk,
@@ -418,6 +420,7 @@ impl RaftNode {
             groups: RwLock::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
             quiescer: quiescer.clone(),
+            incarnation: disk_for_seed.random_u64(),
         });
         if let Some(q) = quiescer {
             tokio::spawn(crate::quiesce::run(
@@ -428,6 +431,12 @@ impl RaftNode {
             ));
         }
         node
+    }
+
+    /// A random number drawn when this node started (seeded by the disk backend, so
+    /// simulations stay deterministic): peers see a restart as a new incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     pub(crate) fn peers(&self) -> &Peers {

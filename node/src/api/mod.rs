@@ -70,6 +70,13 @@ struct Inner {
     clock: Arc<dyn Clock>,
     forwarder: Forwarder,
     batchers: Mutex<BTreeMap<GroupId, queue::Batcher>>,
+    /// Idempotent produces being proposed, by (group, producer id, first sequence): a retry
+    /// that arrives while its original is still in flight waits for the original's answer
+    /// instead of appending the batch a second time.
+    produces_in_flight: Mutex<BTreeMap<(GroupId, u64, u64), produce::SharedProduce>>,
+    /// Per partition group, the term in which this leader has applied every entry it
+    /// inherited: from then on the applied duplicate table is complete.
+    produce_ready_term: Mutex<BTreeMap<GroupId, u64>>,
 }
 
 /// The node's [`BrokerApi`] implementation (cheap to clone).
@@ -102,6 +109,8 @@ impl Api {
                 clock,
                 forwarder,
                 batchers: Mutex::new(BTreeMap::new()),
+                produces_in_flight: Mutex::new(BTreeMap::new()),
+                produce_ready_term: Mutex::new(BTreeMap::new()),
             }),
         }
     }

@@ -222,7 +222,7 @@ impl Peers {
         addr: &str,
         from: NodeId,
         timeout: Duration,
-    ) -> Result<Vec<GroupId>, PeerError> {
+    ) -> Result<(u64, Vec<GroupId>), PeerError> {
         self.call(node, addr, timeout, |c, ctx| async move {
             c.ping(ctx, from).await.map(Ok)
         })

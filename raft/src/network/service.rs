@@ -57,8 +57,9 @@ pub trait RaftRpc {
         meta: typ::SnapshotMeta,
         data: Vec<u8>,
     ) -> Result<SnapshotResponse<TypeConfig>, RpcFailure>;
-    /// Node-level liveness for quiescence: answers with the groups this node leads.
-    async fn ping(from: NodeId) -> Vec<GroupId>;
+    /// Node-level liveness for quiescence: answers with this process's incarnation (random at
+    /// start, so a restart is visible) and the groups this node leads.
+    async fn ping(from: NodeId) -> (u64, Vec<GroupId>);
     /// Leadership hand-off.
     async fn transfer_leader(
         group: GroupId,
@@ -130,8 +131,8 @@ impl RaftRpc for Server {
             .map_err(fail)
     }
 
-    async fn ping(self, _: tarpc::context::Context, _from: NodeId) -> Vec<GroupId> {
-        self.node.led_groups()
+    async fn ping(self, _: tarpc::context::Context, _from: NodeId) -> (u64, Vec<GroupId>) {
+        (self.node.incarnation(), self.node.led_groups())
     }
 
     async fn transfer_leader(
