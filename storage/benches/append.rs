@@ -250,7 +250,10 @@ fn raw_baseline(c: &mut Criterion) {
             );
         }
     }
-    for (kind, dsync) in [("prezeroed-direct", false), ("prezeroed-direct-dsync", true)] {
+    for (kind, dsync) in [
+        ("prezeroed-direct", false),
+        ("prezeroed-direct-dsync", true),
+    ] {
         for batch in [1usize, 16, 256, 4096] {
             if dsync && batch < 256 {
                 continue;

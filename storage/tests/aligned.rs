@@ -136,7 +136,11 @@ impl DiskFile for AuditFile {
                 .unwrap()
                 .push((self.path.clone(), pos, buf.len()));
             if self.audit.yield_before_sync {
-                let buf = self.inner.write_all_at(buf.to_vec(), pos).await.map(|_| buf)?;
+                let buf = self
+                    .inner
+                    .write_all_at(buf.to_vec(), pos)
+                    .await
+                    .map(|_| buf)?;
                 tokio::task::yield_now().await;
                 self.inner.sync_data().await?;
                 return Ok(buf);
@@ -211,9 +215,7 @@ async fn padding_costs_at_most_a_block_per_group() {
         segment_bytes_min: 64 * 1024,
         ..config()
     };
-    let log = Log::open(Arc::new(disk.clone()), "/p", cfg)
-        .await
-        .unwrap();
+    let log = Log::open(Arc::new(disk.clone()), "/p", cfg).await.unwrap();
     for i in 0..10 {
         log.append(vec![FrameIn {
             payload: payload(i, 100),
@@ -238,7 +240,11 @@ async fn padding_costs_at_most_a_block_per_group() {
         t.await.unwrap();
     }
     // The next 10 went in at most two groups (the first alone, the rest merged): packed.
-    assert!(log.stats().bytes <= 11 * 4096 + 9 * 144, "{}", log.stats().bytes);
+    assert!(
+        log.stats().bytes <= 11 * 4096 + 9 * 144,
+        "{}",
+        log.stats().bytes
+    );
     log.close().await.unwrap();
 }
 
@@ -347,7 +353,11 @@ async fn recent_frames_are_read_from_memory() {
     let frames = log.read(30, 100, usize::MAX).await.unwrap();
     assert_eq!(frames.len(), 10);
     assert!(frames.iter().all(|f| f.payload == payload(f.index, 1000)));
-    assert_eq!(audit.reads.load(Ordering::Relaxed), before, "read from disk");
+    assert_eq!(
+        audit.reads.load(Ordering::Relaxed),
+        before,
+        "read from disk"
+    );
     let frames = log.read(20, 100, usize::MAX).await.unwrap();
     assert_eq!(frames.len(), 20);
     assert!(frames.iter().all(|f| f.payload == payload(f.index, 1000)));
@@ -366,7 +376,11 @@ async fn recent_frames_are_read_from_memory() {
     let frames = log.read(30, 100, usize::MAX).await.unwrap();
     assert_eq!(frames.len(), 8);
     for f in &frames {
-        let tag = if f.index >= 35 { f.index + 1000 } else { f.index };
+        let tag = if f.index >= 35 {
+            f.index + 1000
+        } else {
+            f.index
+        };
         assert_eq!(f.payload, payload(tag, 1000), "frame {}", f.index);
     }
     log.purge_before(36).unwrap().await.unwrap();

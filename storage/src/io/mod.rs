@@ -179,7 +179,9 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
     /// [`DiskFile::write_all_at_and_sync`]. Returns the buffer for reuse.
     fn write_blocks_at_and_sync(&self, buf: AlignedBuf, pos: u64) -> IoFuture<'_, AlignedBuf> {
         Box::pin(async move {
-            debug_assert!(buf.len() % BLOCK_BYTES == 0 && pos % BLOCK_BYTES as u64 == 0);
+            debug_assert!(
+                buf.len().is_multiple_of(BLOCK_BYTES) && pos.is_multiple_of(BLOCK_BYTES as u64)
+            );
             self.write_all_at_and_sync(buf.to_vec(), pos).await?;
             Ok(buf)
         })

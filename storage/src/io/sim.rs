@@ -147,7 +147,13 @@ impl SimDisk {
                                 let from = (pos + cut as u64) / b * b;
                                 let mut junk = vec![0u8; b as usize];
                                 st.rng.fill(&mut junk[..]);
-                                apply(&mut node.durable, &PendingOp::Write { pos: from, data: junk });
+                                apply(
+                                    &mut node.durable,
+                                    &PendingOp::Write {
+                                        pos: from,
+                                        data: junk,
+                                    },
+                                );
                             }
                         }
                         op => apply(&mut node.durable, &op),
