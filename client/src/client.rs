@@ -3,7 +3,7 @@
 //! # Design notes
 //! - One tarpc connection per node address, opened lazily and dropped on any transport failure
 //!   or timeout (the next call reconnects: this is how node restarts are survived).
-//! - Every call goes through [`Client::call`]: resolve the partition's leader from the
+//! - Every call goes through `Client::call`: resolve the partition's leader from the
 //!   [`RoutingTable`], call with a deadline, and on `NotLeader` retry at the hinted leader at
 //!   once; on connection loss, `Unavailable` or timeouts back off and refresh metadata from any
 //!   node. The loop is bounded by the [`RetryPolicy`].

@@ -5,7 +5,7 @@
 //! | Module | What it holds |
 //! |---|---|
 //! | [`config`] | settings from flags, TOML and `TASKBROKER_*` variables, validated |
-//! | [`env`] | the real seams (tokio TCP, the disk backend) handed to [`run`] |
+//! | [`mod@env`] | the real seams (tokio TCP, the disk backend) handed to [`run`] |
 //! | [`identity`] | the data directory's identity record (which node, which cluster) |
 //! | [`server`] | the accept loop: one address carries client API and Raft connections |
 //! | [`api`] | the client API (`BrokerApi`): topics, produce, fetch, settle, groups |

@@ -3,7 +3,7 @@
 //!
 //! Every group heartbeating on its own timer costs CPU in proportion to the number of groups,
 //! even when nothing happens. Instead, nodes exchange one cheap ping per peer pair
-//! ([`PING_INTERVAL`]-ish, the heartbeat interval), and each ping answer lists the groups the
+//! (every heartbeat interval, the heartbeat interval), and each ping answer lists the groups the
 //! peer leads. Then:
 //!
 //! - a **leader** whose log has not moved and whose followers have all caught up for

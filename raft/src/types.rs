@@ -1,7 +1,7 @@
 //! The openraft type configuration and our own names for the types that leave this crate.
 //!
 //! Every openraft type stays inside `taskbroker-raft`: other crates see [`GroupId`], [`NodeId`],
-//! [`Command`](crate::command::Command) and the handles in [`crate::router`], so an openraft
+//! [`Command`] and the handles in [`crate::router`], so an openraft
 //! upgrade touches one crate.
 
 use std::fmt;

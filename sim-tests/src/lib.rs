@@ -5,7 +5,7 @@
 //!
 //! | Module | What it holds |
 //! |---|---|
-//! | [`env`] | the seams under simulation: [`env::TurmoilTransport`], [`env::SimClock`], [`env::FaultyDisk`] (the simulated disk, optionally lying about fsync), Raft-only nodes ([`env::SimNode`]) |
+//! | [`mod@env`] | the seams under simulation: [`env::TurmoilTransport`], [`env::SimClock`], [`env::FaultyDisk`] (the simulated disk, optionally lying about fsync), Raft-only nodes ([`env::SimNode`]) |
 //! | [`cluster`] | one run: production nodes, producer and worker clients, nemesis, replica checks |
 //! | [`nemesis`] | the seeded fault schedule and the fault model |
 //! | [`oracle`] | what clients were told, and the lease invariants |

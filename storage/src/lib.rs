@@ -5,7 +5,7 @@
 //! * [`io`] — the [`Disk`](io::Disk)/[`DiskFile`](io::DiskFile) seam and its backends:
 //!   io_uring (`io::uring`), std (`io::std`), simulated (`io::sim`), and `io::probe`, which
 //!   picks one ([`io::open_disk`]).
-//! * [`log`] — the [`Log`](log::Log): frames (`log::frame`), segments (`log::segment`),
+//! * [`log`] — the [`Log`]: frames (`log::frame`), segments (`log::segment`),
 //!   sparse indexes (`log::index`), the group-commit writer, readers and recovery.
 //! * [`meta`] — two-slot checksummed records (the log's opaque meta record and its anchor).
 //! * `testing` — conformance suites shared by the tests (hidden from the docs).

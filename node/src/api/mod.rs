@@ -13,7 +13,7 @@
 //!   `BrokerApi` ([`crate::controller::Forwarder`]). One hop: a forwarded call that lands on a
 //!   node that lost leadership meanwhile is forwarded again, bounded by the deadline.
 //! - Queue operations of concurrent requests are gathered into one Raft entry per partition
-//!   ([`queue::Batcher`]).
+//!   (`queue::Batcher`).
 
 mod produce;
 mod queue;

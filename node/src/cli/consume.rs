@@ -1,5 +1,5 @@
 //! `taskbroker consume` (print leased tasks) and `taskbroker work` (run a command per task),
-//! both through the client's [`Worker`](taskbroker_client::Worker).
+//! both through the client's `Worker`.
 //!
 //! # Design notes
 //! - `consume` holds every task it printed until it exits unless `--ack`: releasing one at once

@@ -1,7 +1,7 @@
 //! The disk seam: every byte the log reads or writes goes through [`Disk`] and [`DiskFile`].
 //!
 //! Three backends implement it: [`uring`] (io_uring on a dedicated thread, the hot path),
-//! [`std`](self::std) (positional I/O on tokio's blocking pool, the portable fallback) and
+//! `std` (positional I/O on tokio's blocking pool, the portable fallback) and
 //! [`sim`] (in memory, with power-loss semantics, for deterministic simulation).
 //! [`open_disk`] probes and chooses.
 //!

@@ -1,7 +1,7 @@
 //! The io_uring backend: tokio-uring on one dedicated OS thread, fed by a bounded channel.
 //!
 //! The node runs on tokio's multi-thread runtime; tokio-uring needs its own current-thread
-//! runtime. So one `storage-uring` thread runs `tokio_uring::start`, receives [`Req`]s
+//! runtime. So one `storage-uring` thread runs `tokio_uring::start`, receives `Req`s
 //! (each carrying its owned buffer and a oneshot for the reply) and spawns one uring task per
 //! request, so many reads and writes are in flight at once.
 //!
@@ -15,7 +15,7 @@
 //! [`DiskFile::write_all_at_and_sync`] submits the fdatasync right after the write completes
 //! on the uring thread: one channel round trip instead of two, without `IOSQE_IO_LINK`.
 //! Segment files opened with [`Disk::open_direct`] also register an `O_DIRECT` descriptor
-//! (see [`super::direct`]); [`DiskFile::write_blocks_at_and_sync`] writes through it from an
+//! (see `super::direct`); [`DiskFile::write_blocks_at_and_sync`] writes through it from an
 //! [`AlignedBuf`] (which implements tokio-uring's `IoBuf`, the module's only `unsafe`).
 //! Logs' writer tasks also run on this thread ([`Disk::spawn`]), so a group commit's
 //! request and completion never cross threads; only the appenders' tickets do.

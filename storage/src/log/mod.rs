@@ -17,7 +17,7 @@
 //! `[first_index, next_index)`.
 //!
 //! *Design notes:* frames not yet written live in an in-memory `tail`, so readers never wait
-//! for the disk; the writer task ([`writer`]) owns all writes. Readers look at the tail first,
+//! for the disk; the writer task (`writer`) owns all writes. Readers look at the tail first,
 //! then at segment files through the in-memory segment table.
 
 use std::collections::{BTreeMap, VecDeque};

@@ -1,6 +1,6 @@
 //! Reading frames back from segment files.
 //!
-//! *Design notes:* a [`Cursor`] walks a segment from a sparse-index position with large
+//! *Design notes:* a `Cursor` walks a segment from a sparse-index position with large
 //! positional reads (`READ_CHUNK_BYTES`), verifying every frame's CRC and index. Payloads are
 //! sliced out of the read buffer without copying when the buffer is 16-aligned (the common
 //! case with the system allocator); otherwise they are copied into an aligned allocation, so

@@ -18,7 +18,7 @@
 //! group (even one that garbles whole 4 KiB blocks) can only damage that group's own,
 //! unacknowledged frames. Readers skip the padding: after a frame ending at `p`, if the bytes
 //! up to the next block boundary `b` are all zero, the next frame (if any) is at `b`
-//! ([`super::frame::skip_padding`]); a frame never starts with a zero byte, so this is
+//! (`super::frame::skip_padding`); a frame never starts with a zero byte, so this is
 //! unambiguous. Space cost: up to 4 KiB - 16 bytes per group commit (see `BENCHMARKS.md`).
 //! Files written before padding (frames back to back) read the same way.
 //!
