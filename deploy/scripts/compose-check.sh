@@ -4,6 +4,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; deploy="$(cd "$here/.." && pwd)"
 source "$here/lib.sh"
+# Relative paths in the compose files (seccomp profile, configs) resolve against the deploy dir.
+cd "$deploy"
 DCB="$(compose_cmd 2>/dev/null)" || { echo "compose-check: SKIP (no docker compose / docker-compose)"; exit 0; }
 fail=0
 for f in docker-compose.dev.yml docker-compose.test.yml docker-compose.yml; do
