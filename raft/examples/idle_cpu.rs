@@ -14,10 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use taskbroker_client::transport::{ConnKind, Preamble, TokioTransport, Transport};
+use taskbroker_client::transport::{TokioTransport, Transport};
 use taskbroker_raft::{GroupId, RaftNode, RaftNodeConfig};
 use taskbroker_storage::io::{open_disk, BackendChoice};
-use taskbroker_storage::LogConfig;
 
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -97,39 +96,18 @@ fn child(args: &[String]) {
         .unwrap();
     rt.block_on(async move {
         let transport: Arc<dyn Transport> = Arc::new(TokioTransport);
-        let mut listener = transport.bind(&addrs[(id - 1) as usize]).await.unwrap();
+        let listener = transport.bind(&addrs[(id - 1) as usize]).await.unwrap();
         let node = RaftNode::new(
             RaftNodeConfig {
                 id,
                 data_dir,
                 timing: common::default_timing(),
-                log: LogConfig {
-                    segment_bytes_max: std::env::var("SEGMENT_BYTES")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(LogConfig::default().segment_bytes_max),
-                    ..LogConfig::default()
-                },
+                log: common::log_config(),
             },
             open_disk(BackendChoice::Auto).unwrap(),
             transport.clone(),
         );
-        let n2 = node.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    break;
-                };
-                let n = n2.clone();
-                tokio::spawn(async move {
-                    if let Ok(p) = Preamble::read(&mut conn).await {
-                        if p.kind == ConnKind::Raft {
-                            n.serve_connection(conn).await;
-                        }
-                    }
-                });
-            }
-        });
+        common::spawn_raft_server(listener, node.clone());
         let members: BTreeMap<u64, String> = addrs
             .iter()
             .enumerate()

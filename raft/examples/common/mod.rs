@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskbroker_client::transport::{ConnKind, Preamble, TokioTransport, Transport};
+use taskbroker_client::transport::{ConnKind, Listener, Preamble, TokioTransport, Transport};
 use taskbroker_raft::{GroupId, RaftNode, RaftNodeConfig, RaftTiming};
 use taskbroker_storage::io::{open_disk, BackendChoice};
 use taskbroker_storage::LogConfig;
@@ -27,41 +27,19 @@ pub async fn start_nodes(
     let transport: Arc<dyn Transport> = Arc::new(TokioTransport);
     let mut nodes = Vec::new();
     for id in 1..=n {
-        let mut listener = transport.bind("127.0.0.1:0").await.unwrap();
+        let listener = transport.bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let node = RaftNode::new(
             RaftNodeConfig {
                 id,
                 data_dir: dir.join(format!("n{id}")),
                 timing: timing.clone(),
-                log: LogConfig {
-                    // Many groups: keep each log's (pre-zeroed) segment small.
-                    segment_bytes_max: std::env::var("SEGMENT_BYTES")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(LogConfig::default().segment_bytes_max),
-                    ..LogConfig::default()
-                },
+                log: log_config(),
             },
             open_disk(backend).unwrap(),
             transport.clone(),
         );
-        let n2 = node.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    break;
-                };
-                let n = n2.clone();
-                tokio::spawn(async move {
-                    if let Ok(p) = Preamble::read(&mut conn).await {
-                        if p.kind == ConnKind::Raft {
-                            n.serve_connection(conn).await;
-                        }
-                    }
-                });
-            }
-        });
+        spawn_raft_server(listener, node.clone());
         nodes.push(Node { id, addr, node });
     }
     nodes
@@ -110,4 +88,34 @@ pub fn process_cpu_seconds() -> f64 {
 
 pub fn default_timing() -> RaftTiming {
     RaftTiming::default()
+}
+
+/// Log settings of the examples: `SEGMENT_BYTES` caps each log's segment (many groups).
+pub fn log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: std::env::var("SEGMENT_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(LogConfig::default().segment_bytes_max),
+        ..LogConfig::default()
+    }
+}
+
+/// Serves Raft connections accepted on `listener` until it fails.
+pub fn spawn_raft_server(mut listener: Box<dyn Listener>, node: Arc<RaftNode>) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                break;
+            };
+            let n = node.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = Preamble::read(&mut conn).await {
+                    if p.kind == ConnKind::Raft {
+                        n.serve_connection(conn).await;
+                    }
+                }
+            });
+        }
+    });
 }
