@@ -38,14 +38,39 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
 }
 
+/// Attempts of [`RetryPolicy::default`].
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 20;
+/// First retry delay of [`RetryPolicy::default`]: a `NotLeader` with a fresh leader is
+/// usually fixed within one round trip.
+pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+/// Delay cap of [`RetryPolicy::default`]: once an outage lasts, retry every 1–2 s.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 impl Default for RetryPolicy {
-    /// 10 attempts, 25 ms doubling up to 1 s: about 4 s of patience, enough for a Raft leader
-    /// election (a few hundred ms) plus a metadata refresh, with headroom.
+    /// 20 attempts, 50 ms doubling up to 2 s: the 19 sleeps add up to 29.2 s before jitter,
+    /// so at least 14.6 s (equal jitter halves a delay at most) and about 22 s on average,
+    /// plus the time the attempts themselves take.
+    ///
+    /// Why that long: a leader killed without warning (e.g. `kill -9` or a container stopped
+    /// in Docker) is only replaced after the election timeout, and clients first have to see
+    /// their connection to it fail; measured under Docker this took longer than the 4 s the
+    /// previous default allowed. ~15 s covers such a failover with headroom; callers that
+    /// prefer to fail fast set a smaller policy with
+    /// [`ClientBuilder::retry`](crate::ClientBuilder::retry).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskbroker_client::RetryPolicy;
+    ///
+    /// let p = RetryPolicy::default();
+    /// let slept: Duration = (1..p.max_attempts).map(|r| p.backoff(r, 0.5)).sum();
+    /// assert!(slept >= Duration::from_secs(14), "at least ~15 s of patience: {slept:?}");
+    /// ```
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 10,
-            initial_backoff: Duration::from_millis(25),
-            max_backoff: Duration::from_secs(1),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            initial_backoff: DEFAULT_INITIAL_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
         }
     }
 }
@@ -115,5 +140,21 @@ mod tests {
             ..p
         };
         assert!(zero.allows(1), "at least one attempt is always made");
+    }
+
+    #[test]
+    fn default_budget_covers_a_failover_of_15_seconds() {
+        let p = RetryPolicy::default();
+        let sleeps =
+            |draw: f64| -> Duration { (1..p.max_attempts).map(|r| p.backoff(r, draw)).sum() };
+        // Shortest case (every draw at the jitter floor) and longest case.
+        assert!(
+            sleeps(0.5) >= Duration::from_millis(14_500),
+            "{:?}",
+            sleeps(0.5)
+        );
+        assert!(sleeps(1.0) <= Duration::from_secs(30), "{:?}", sleeps(1.0));
+        // The first retries stay quick: a NotLeader is usually fixed at once.
+        assert!(p.backoff(1, 1.0) <= Duration::from_millis(50));
     }
 }
