@@ -67,6 +67,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     identity::check_or_create(&env.disk, &config).await?;
+    let metrics = Arc::new(http::Metrics::new(env.disk.kind()));
+    // Real disks are timed for the storage metrics; a simulated disk's time is simulated.
+    let disk = if env.disk.kind() == taskbroker_storage::io::BackendKind::Sim {
+        env.disk.clone()
+    } else {
+        http::metrics::MeteredDisk::wrap(env.disk.clone(), &metrics)
+    };
     let raft = RaftNode::new(
         RaftNodeConfig {
             id: config.node_id,
@@ -79,7 +86,7 @@ pub async fn run(
             },
             log: config.log.clone(),
         },
-        env.disk.clone(),
+        disk,
         env.transport.clone(),
     );
     if let Some(slot) = &env.raft_slot {
@@ -105,7 +112,6 @@ pub async fn run(
         ),
         None => None,
     };
-    let metrics = Arc::new(http::Metrics::new(env.disk.kind()));
     let server = server::Server::new(raft.clone(), metrics.clone());
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(server.clone().accept_loop(listener));
@@ -127,6 +133,7 @@ pub async fn run(
         },
         env.clock.clone(),
         controller::Forwarder::new(env.transport.clone()),
+        metrics.clone(),
     );
     server.set_api(api.clone());
     tasks.spawn(controller::register(api.clone(), config.clone()));

@@ -33,7 +33,8 @@ use taskbroker_client::batch::BatchLimits;
 use taskbroker_client::proto::{
     ApiError, BrokerApi, BrokerApiClient, ClusterMeta, ClusterStatus, FetchRequest, FetchResponse,
     GroupDescription, GroupMode, GroupPartitionState, NodeId, ProduceRequest, ProduceResponse,
-    SettleRequest, SettleResponse, StreamFetchRequest, StreamFetchResponse, TopicMeta, TopicSpec,
+    Settle, SettleRequest, SettleResponse, StreamFetchRequest, StreamFetchResponse, TopicMeta,
+    TopicSpec,
 };
 use taskbroker_client::transport::BoxConn;
 use taskbroker_raft::state_machine::metadata::{self as meta, MetadataState, TopicInfo};
@@ -41,6 +42,7 @@ use taskbroker_raft::{Group, GroupId, RaftError, RaftNode};
 
 use crate::controller::Forwarder;
 use crate::env::Clock;
+use crate::http::Metrics;
 
 /// Deadline of every handler (and of every proposal it makes): long enough for a leader
 /// election (election timeout 1–2 s) plus a commit, short enough that a client retries soon.
@@ -77,6 +79,7 @@ struct Inner {
     /// Per partition group, the term in which this leader has applied every entry it
     /// inherited: from then on the applied duplicate table is complete.
     produce_ready_term: Mutex<BTreeMap<GroupId, u64>>,
+    metrics: Arc<Metrics>,
 }
 
 /// The node's [`BrokerApi`] implementation (cheap to clone).
@@ -100,6 +103,7 @@ impl Api {
         settings: ApiSettings,
         clock: Arc<dyn Clock>,
         forwarder: Forwarder,
+        metrics: Arc<Metrics>,
     ) -> Api {
         Api {
             inner: Arc::new(Inner {
@@ -111,6 +115,7 @@ impl Api {
                 batchers: Mutex::new(BTreeMap::new()),
                 produces_in_flight: Mutex::new(BTreeMap::new()),
                 produce_ready_term: Mutex::new(BTreeMap::new()),
+                metrics,
             }),
         }
     }
@@ -133,6 +138,11 @@ impl Api {
     /// This node's settings.
     pub fn settings(&self) -> &ApiSettings {
         &self.inner.settings
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     fn forwarder(&self) -> &Forwarder {
@@ -303,6 +313,18 @@ impl Api {
     }
 }
 
+/// Runs a handler and records its latency, count and error kind under `api`.
+async fn observed<T>(
+    metrics: Arc<Metrics>,
+    api: &'static str,
+    f: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let start = tokio::time::Instant::now();
+    let r = f.await;
+    metrics.observe_request(api, start.elapsed(), &r);
+    r
+}
+
 /// Runs a handler under `deadline`.
 async fn deadline<T>(
     d: Duration,
@@ -329,7 +351,12 @@ fn from_raft_mode(m: meta::GroupMode) -> GroupMode {
 
 impl BrokerApi for Api {
     async fn metadata(self, _: Context, topics: Vec<String>) -> Result<ClusterMeta, ApiError> {
-        deadline(HANDLER_DEADLINE, async { self.cluster_meta(&topics) }).await
+        observed(
+            self.inner.metrics.clone(),
+            "metadata",
+            deadline(HANDLER_DEADLINE, async { self.cluster_meta(&topics) }),
+        )
+        .await
     }
 
     async fn create_topic(
@@ -338,11 +365,21 @@ impl BrokerApi for Api {
         name: String,
         spec: TopicSpec,
     ) -> Result<TopicMeta, ApiError> {
-        deadline(HANDLER_DEADLINE, self.do_create_topic(name, spec)).await
+        observed(
+            self.inner.metrics.clone(),
+            "create_topic",
+            deadline(HANDLER_DEADLINE, self.do_create_topic(name, spec)),
+        )
+        .await
     }
 
     async fn delete_topic(self, _: Context, name: String) -> Result<(), ApiError> {
-        deadline(HANDLER_DEADLINE, self.do_delete_topic(name)).await
+        observed(
+            self.inner.metrics.clone(),
+            "delete_topic",
+            deadline(HANDLER_DEADLINE, self.do_delete_topic(name)),
+        )
+        .await
     }
 
     async fn add_partitions(
@@ -351,7 +388,12 @@ impl BrokerApi for Api {
         name: String,
         count: u32,
     ) -> Result<TopicMeta, ApiError> {
-        deadline(HANDLER_DEADLINE, self.do_add_partitions(name, count)).await
+        observed(
+            self.inner.metrics.clone(),
+            "add_partitions",
+            deadline(HANDLER_DEADLINE, self.do_add_partitions(name, count)),
+        )
+        .await
     }
 
     async fn create_group(
@@ -361,20 +403,71 @@ impl BrokerApi for Api {
         group: String,
         mode: GroupMode,
     ) -> Result<(), ApiError> {
-        deadline(HANDLER_DEADLINE, self.do_create_group(topic, group, mode)).await
+        observed(
+            self.inner.metrics.clone(),
+            "create_group",
+            deadline(HANDLER_DEADLINE, self.do_create_group(topic, group, mode)),
+        )
+        .await
     }
 
     async fn produce(self, _: Context, req: ProduceRequest) -> Result<ProduceResponse, ApiError> {
-        deadline(HANDLER_DEADLINE, self.do_produce(req)).await
+        let r = observed(
+            self.inner.metrics.clone(),
+            "produce",
+            deadline(HANDLER_DEADLINE, self.do_produce(req)),
+        )
+        .await;
+        if let Ok(p) = &r {
+            if !p.duplicate {
+                self.inner
+                    .metrics
+                    .count_tasks("produced", u64::from(p.count));
+            }
+        }
+        r
     }
 
     async fn fetch(self, _: Context, req: FetchRequest) -> Result<FetchResponse, ApiError> {
         let wait = Duration::from_millis(req.wait_ms.min(FETCH_WAIT_MS_MAX));
-        deadline(HANDLER_DEADLINE + wait, self.do_fetch(req)).await
+        let r = observed(
+            self.inner.metrics.clone(),
+            "fetch",
+            deadline(HANDLER_DEADLINE + wait, self.do_fetch(req)),
+        )
+        .await;
+        if let Ok(f) = &r {
+            self.inner
+                .metrics
+                .count_tasks("leased", f.leases.len() as u64);
+        }
+        r
     }
 
     async fn settle(self, _: Context, req: SettleRequest) -> Result<SettleResponse, ApiError> {
-        deadline(HANDLER_DEADLINE, self.do_settle(req)).await
+        let kinds: Vec<&'static str> = req
+            .items
+            .iter()
+            .map(|(_, s)| match s {
+                Settle::Ack => "acked",
+                Settle::Nack { .. } => "nacked",
+                Settle::Extend { .. } => "extended",
+            })
+            .collect();
+        let r = observed(
+            self.inner.metrics.clone(),
+            "settle",
+            deadline(HANDLER_DEADLINE, self.do_settle(req)),
+        )
+        .await;
+        if let Ok(results) = &r {
+            for (kind, res) in kinds.iter().zip(results) {
+                if res.is_ok() {
+                    self.inner.metrics.count_tasks(kind, 1);
+                }
+            }
+        }
+        r
     }
 
     async fn stream_fetch(
@@ -383,7 +476,21 @@ impl BrokerApi for Api {
         req: StreamFetchRequest,
     ) -> Result<StreamFetchResponse, ApiError> {
         let wait = Duration::from_millis(req.wait_ms.min(FETCH_WAIT_MS_MAX));
-        deadline(HANDLER_DEADLINE + wait, self.do_stream_fetch(req)).await
+        let r = observed(
+            self.inner.metrics.clone(),
+            "stream_fetch",
+            deadline(HANDLER_DEADLINE + wait, self.do_stream_fetch(req)),
+        )
+        .await;
+        if let Ok(f) = &r {
+            let n = f
+                .batches
+                .iter()
+                .map(|b| u64::from(taskbroker_raft::codec::batch_record_count(&b.bytes)))
+                .sum();
+            self.inner.metrics.count_tasks("streamed", n);
+        }
+        r
     }
 
     async fn commit_offset(
@@ -394,9 +501,13 @@ impl BrokerApi for Api {
         group: String,
         offset: u64,
     ) -> Result<(), ApiError> {
-        deadline(
-            HANDLER_DEADLINE,
-            self.do_commit_offset(topic, partition, group, offset),
+        observed(
+            self.inner.metrics.clone(),
+            "commit_offset",
+            deadline(
+                HANDLER_DEADLINE,
+                self.do_commit_offset(topic, partition, group, offset),
+            ),
         )
         .await
     }
@@ -407,7 +518,12 @@ impl BrokerApi for Api {
         topic: String,
         group: String,
     ) -> Result<GroupDescription, ApiError> {
-        deadline(HANDLER_DEADLINE, self.do_describe_group(topic, group)).await
+        observed(
+            self.inner.metrics.clone(),
+            "describe_group",
+            deadline(HANDLER_DEADLINE, self.do_describe_group(topic, group)),
+        )
+        .await
     }
 
     async fn requeue_dead_letters(
@@ -416,11 +532,21 @@ impl BrokerApi for Api {
         topic: String,
         group: String,
     ) -> Result<u64, ApiError> {
-        deadline(HANDLER_DEADLINE, self.do_requeue(topic, group)).await
+        observed(
+            self.inner.metrics.clone(),
+            "requeue_dead_letters",
+            deadline(HANDLER_DEADLINE, self.do_requeue(topic, group)),
+        )
+        .await
     }
 
     async fn cluster_status(self, _: Context) -> Result<ClusterStatus, ApiError> {
-        deadline(HANDLER_DEADLINE, async { self.do_cluster_status() }).await
+        observed(
+            self.inner.metrics.clone(),
+            "cluster_status",
+            deadline(HANDLER_DEADLINE, async { self.do_cluster_status() }),
+        )
+        .await
     }
 
     async fn register_node(
@@ -430,7 +556,12 @@ impl BrokerApi for Api {
         addr: String,
         http_addr: Option<String>,
     ) -> Result<(), ApiError> {
-        deadline(HANDLER_DEADLINE, self.do_register_node(id, addr, http_addr)).await
+        observed(
+            self.inner.metrics.clone(),
+            "register_node",
+            deadline(HANDLER_DEADLINE, self.do_register_node(id, addr, http_addr)),
+        )
+        .await
     }
 
     async fn describe_partitions(
@@ -440,12 +571,16 @@ impl BrokerApi for Api {
         group: String,
         partitions: Vec<u32>,
     ) -> Result<Vec<Result<GroupPartitionState, ApiError>>, ApiError> {
-        deadline(HANDLER_DEADLINE, async {
-            Ok(partitions
-                .into_iter()
-                .map(|p| self.local_partition_state(&topic, &group, p))
-                .collect())
-        })
+        observed(
+            self.inner.metrics.clone(),
+            "describe_partitions",
+            deadline(HANDLER_DEADLINE, async {
+                Ok(partitions
+                    .into_iter()
+                    .map(|p| self.local_partition_state(&topic, &group, p))
+                    .collect())
+            }),
+        )
         .await
     }
 
@@ -456,13 +591,17 @@ impl BrokerApi for Api {
         group: String,
         partitions: Vec<u32>,
     ) -> Result<Vec<Result<u64, ApiError>>, ApiError> {
-        deadline(HANDLER_DEADLINE, async {
-            let mut out = Vec::with_capacity(partitions.len());
-            for p in partitions {
-                out.push(self.requeue_local(&topic, &group, p).await);
-            }
-            Ok(out)
-        })
+        observed(
+            self.inner.metrics.clone(),
+            "requeue_partitions",
+            deadline(HANDLER_DEADLINE, async {
+                let mut out = Vec::with_capacity(partitions.len());
+                for p in partitions {
+                    out.push(self.requeue_local(&topic, &group, p).await);
+                }
+                Ok(out)
+            }),
+        )
         .await
     }
 }

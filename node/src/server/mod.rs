@@ -70,12 +70,16 @@ impl Server {
                     Ok(Ok(Preamble {
                         kind: ConnKind::Raft,
                     })) => {
+                        let conn = Box::new(this.metrics.count_conn(conn, "raft"));
                         this.raft.clone().serve_connection(conn).await;
                     }
                     Ok(Ok(Preamble {
                         kind: ConnKind::Client,
                     })) => match this.api.get() {
-                        Some(api) => api.clone().serve_connection(conn, peer.to_string()).await,
+                        Some(api) => {
+                            let conn = Box::new(this.metrics.count_conn(conn, "client"));
+                            api.clone().serve_connection(conn, peer.to_string()).await
+                        }
                         None => tracing::info!(
                             %peer,
                             "client connection refused: the node is still starting"
