@@ -17,10 +17,11 @@ build: ## Build the release binary (target/release/taskbroker under CARGO_TARGET
 run: build ## Build and start a local cluster of NODES nodes (default 3) on loopback; Ctrl-C stops it
 	$(CARGO_TARGET_DIR)/release/taskbroker local --nodes $(NODES)
 
-test: ## Everything CI checks: fmt, clippy, docs, all tests (incl. doctests), 200 simulation seeds, benches compiled, compose files
+test: ## Everything CI checks: fmt, clippy, docs, all tests (incl. doctests and the headless-Chromium UI test), 200 simulation seeds, benches compiled, compose files
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+	scripts/ensure-chromium.sh
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --release -p taskbroker-sim-tests --test cluster_sim

@@ -11,11 +11,12 @@
 //! | [`api`] | the client API (`BrokerApi`): topics, produce, fetch, settle, groups |
 //! | [`controller`] | bootstrap, node registration, reconciler, forwarding to the metadata leader |
 //! | [`http`] | `/health`, `/ready`, `/metrics`, the JSON admin API (`/api/v1`) |
+//! | [`ui`] | the built-in web UI (`/ui`): overview, topics, browse, consumer groups |
 //! | [`cli`] | subcommands of the binary (`serve`, `local`, and the client commands `topic`, `produce`, `consume`, `work`, `group`, `cluster`) |
 //!
 //! Status: the node forms and resumes a replicated metadata group, registers itself, runs the
 //! partition groups placed on it and serves the client API, health and metrics. Forwarding of
-//! dead letters to a dead-letter topic and the web UI are not built yet.
+//! dead letters to a dead-letter topic is not built yet.
 
 pub mod api;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod env;
 pub mod http;
 pub mod identity;
 pub mod server;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -9,8 +9,9 @@
 //!   it (see [`status_of`]); a malformed body is a 400 in the same shape, never axum's plain text.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tarpc::context;
 use taskbroker_client::proto::{ApiError, BrokerApi, TopicSpec};
 
+use super::views;
 use crate::api::Api;
 
 /// `POST /api/v1/topics`: the topic's name and its settings (absent = the broker's default).
@@ -96,7 +98,8 @@ pub fn status_of(e: &ApiError) -> (StatusCode, &'static str) {
 pub struct HttpError(StatusCode, ErrorBody);
 
 impl HttpError {
-    fn invalid(message: impl Into<String>) -> Self {
+    /// A 400 with kind `invalid_argument`.
+    pub fn invalid(message: impl Into<String>) -> Self {
         HttpError(
             StatusCode::BAD_REQUEST,
             ErrorBody {
@@ -218,6 +221,82 @@ async fn requeue(
     }))
 }
 
+async fn node(State(api): State<Api>) -> Json<views::NodeStatus> {
+    Json(views::node_status(&api))
+}
+
+async fn nodes(State(api): State<Api>) -> Answer<Vec<views::NodeEntry>> {
+    Ok(Json(views::cluster_nodes(&api).await?))
+}
+
+/// One entry of `GET /api/v1/groups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupEntry {
+    /// Topic.
+    pub topic: String,
+    /// Group.
+    pub group: String,
+    /// Delivery mode.
+    pub mode: taskbroker_client::proto::GroupMode,
+}
+
+async fn groups(State(api): State<Api>) -> Json<Vec<GroupEntry>> {
+    Json(
+        views::all_groups(&api)
+            .into_iter()
+            .map(|(topic, group, mode)| GroupEntry { topic, group, mode })
+            .collect(),
+    )
+}
+
+/// Query of `GET .../partitions/{p}/tasks`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct BrowseQuery {
+    /// First offset (default 0: the oldest retained).
+    pub from: Option<u64>,
+    /// Most tasks (default 50, at most [`views::BROWSE_TASKS_MAX`]).
+    pub limit: Option<u32>,
+}
+
+/// Default page size of a browse request.
+pub const BROWSE_LIMIT_DEFAULT: u32 = 50;
+
+/// Whether another node forwarded this request (answer locally, never forward again).
+pub fn is_forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(super::peer::FORWARDED_HEADER)
+}
+
+async fn browse(
+    State(api): State<Api>,
+    Path((name, partition)): Path<(String, u32)>,
+    headers: HeaderMap,
+    query: Result<Query<BrowseQuery>, QueryRejection>,
+) -> Answer<views::BrowsePage> {
+    let Query(q) = query.map_err(|e| HttpError::invalid(e.body_text()))?;
+    Ok(Json(
+        views::browse(
+            &api,
+            &name,
+            partition,
+            q.from.unwrap_or(0),
+            q.limit.unwrap_or(BROWSE_LIMIT_DEFAULT),
+            is_forwarded(&headers),
+        )
+        .await?,
+    ))
+}
+
+async fn produce_task(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<(StatusCode, Json<views::ProducedTask>), HttpError> {
+    let req: views::ProduceTaskRequest = body(&bytes)?;
+    let t = views::produce_task(&api, &name, req, is_forwarded(&headers)).await?;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
 async fn not_found() -> HttpError {
     HttpError(
         StatusCode::NOT_FOUND,
@@ -234,6 +313,14 @@ async fn not_found() -> HttpError {
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/node", get(node))
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/groups", get(groups))
+        .route(
+            "/api/v1/topics/{name}/partitions/{partition}/tasks",
+            get(browse),
+        )
+        .route("/api/v1/topics/{name}/tasks", post(produce_task))
         .route("/api/v1/topics", get(list_topics).post(create_topic))
         .route(
             "/api/v1/topics/{name}",
@@ -261,6 +348,57 @@ mod tests {
         assert_eq!(r.spec.partitions, Some(4));
         assert_eq!(r.spec.max_attempts, Some(3));
         assert_eq!(r.spec.replication_factor, None);
+    }
+
+    /// `(path, methods)` of every `.route(...)` in this file's router.
+    fn routes_in_source() -> Vec<(String, Vec<String>)> {
+        let src = include_str!("admin.rs");
+        let router = &src[src.find("pub fn router").expect("router fn")..];
+        let router = &router[..router.find("#[cfg(test)]").expect("tests")];
+        let mut out = Vec::new();
+        for part in router.split(".route(").skip(1) {
+            let path = part.split('"').nth(1).expect("route path").to_string();
+            let methods = ["get", "post", "delete"]
+                .iter()
+                .filter(|m| part.contains(&format!("{m}(")))
+                .map(|m| m.to_string())
+                .collect();
+            out.push((path, methods));
+        }
+        out
+    }
+
+    /// `(path, methods)` of every path in `node/openapi.yaml`.
+    fn routes_in_openapi() -> Vec<(String, Vec<String>)> {
+        let doc = include_str!("../../openapi.yaml");
+        let paths = &doc
+            [doc.find("\npaths:").expect("paths")..doc.find("\ncomponents:").expect("components")];
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for line in paths.lines() {
+            if let Some(p) = line.strip_prefix("  /") {
+                out.push((format!("/{}", p.trim_end_matches(':')), Vec::new()));
+            } else if let Some(m) = line.strip_prefix("    ") {
+                let m = m.trim_end_matches(':');
+                if ["get", "post", "delete"].contains(&m) {
+                    out.last_mut().expect("a path").1.push(m.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn openapi_documents_exactly_the_routes() {
+        let mut code = routes_in_source();
+        let mut doc = routes_in_openapi();
+        for v in [&mut code, &mut doc] {
+            for (_, m) in v.iter_mut() {
+                m.sort();
+            }
+            v.sort();
+        }
+        assert!(code.len() >= 11, "{code:?}");
+        assert_eq!(code, doc, "node/openapi.yaml and the admin router disagree");
     }
 
     #[test]

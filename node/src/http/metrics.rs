@@ -210,6 +210,34 @@ impl Metrics {
         }
     }
 
+    /// Task counters by operation and the number of client API requests, since the node
+    /// started (what the web UI turns into rates).
+    pub fn totals(&self) -> (BTreeMap<String, u64>, u64) {
+        let mut tasks = BTreeMap::new();
+        for f in self.tasks.collect() {
+            for m in f.get_metric() {
+                let op = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "op")
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default();
+                tasks.insert(op, m.get_counter().get_value() as u64);
+            }
+        }
+        let requests = self
+            .requests
+            .collect()
+            .iter()
+            .flat_map(|f| {
+                f.get_metric()
+                    .iter()
+                    .map(|m| m.get_counter().get_value() as u64)
+            })
+            .sum();
+        (tasks, requests)
+    }
+
     /// Wraps a connection of kind `conn` (`client` or `raft`) so its bytes are counted.
     pub fn count_conn<C>(&self, inner: C, conn: &str) -> CountingConn<C> {
         CountingConn {

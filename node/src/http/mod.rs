@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod metrics;
+pub mod peer;
+pub mod views;
 
 pub use metrics::Metrics;
 
@@ -59,12 +61,14 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 /// Serves HTTP on `listener` until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) {
     let admin = admin::router(state.api.clone());
+    let api = state.api.clone();
     let (state_metrics, state_raft) = (state.metrics.clone(), state.raft.clone());
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(crate::ui::router(api))
         .merge(admin);
     // The sampler lives as long as the server (both stop when this task is aborted).
     let r = tokio::select! {

@@ -849,6 +849,26 @@ impl PartitionState {
         })
     }
 
+    /// The workers holding leases in a queue group, with how many tasks each holds (expired
+    /// leases not yet reclaimed included); `None` for an unknown or stream group. Costs one
+    /// pass over the group's in-flight tasks.
+    pub fn lease_holders(&self, group: &str) -> Option<BTreeMap<String, u64>> {
+        let Group::Queue(q) = self.groups.get(group)? else {
+            return None;
+        };
+        let mut out = BTreeMap::new();
+        for k in &q.expiry {
+            if let Some(TaskEntry {
+                state: EntryState::Leased { worker, .. },
+                ..
+            }) = q.entries.get(&k.1)
+            {
+                *out.entry(worker.clone()).or_insert(0) += 1;
+            }
+        }
+        Some(out)
+    }
+
     /// A task's state in a queue group; `None` for an unknown or stream group, or an offset
     /// never produced.
     pub fn task_state(&self, group: &str, offset: u64) -> Option<TaskStateView> {
