@@ -63,7 +63,8 @@ struct Tally {
     committed_count: AtomicU64,
 }
 
-/// Per-group values of one metric on one node, keyed by the `group` label.
+/// Per-Raft-group values of one metric on one node, keyed by `topic/partition` (the metadata
+/// group is `__metadata/0`).
 fn metric(node_http: &str, name: &str) -> BTreeMap<String, i64> {
     let Some(body) = http_get(node_http, "/metrics") else {
         return BTreeMap::new();
@@ -73,14 +74,17 @@ fn metric(node_http: &str, name: &str) -> BTreeMap<String, i64> {
         let Some(rest) = line.strip_prefix(name) else {
             continue;
         };
-        let Some(rest) = rest.strip_prefix("{group=\"") else {
+        let Some(rest) = rest.strip_prefix("{partition=\"") else {
             continue;
         };
-        let Some((group, value)) = rest.split_once("\"} ") else {
+        let Some((partition, rest)) = rest.split_once("\",topic=\"") else {
             continue;
         };
-        if let Ok(v) = value.trim().parse() {
-            out.insert(group.to_string(), v);
+        let Some((topic, value)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            out.insert(format!("{topic}/{partition}"), v as i64);
         }
     }
     out
@@ -375,8 +379,10 @@ async fn kill_the_busiest_leader_mid_workload_loses_no_task() {
                         }
                     }
                 }
-                let partition_groups: Vec<&String> =
-                    applied.keys().filter(|g| g.as_str() != "meta").collect();
+                let partition_groups: Vec<&String> = applied
+                    .keys()
+                    .filter(|g| !g.starts_with("__metadata/"))
+                    .collect();
                 if partition_groups.len() < PARTITIONS as usize {
                     return None;
                 }

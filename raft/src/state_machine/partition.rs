@@ -1671,6 +1671,20 @@ mod tests {
     }
 
     #[test]
+    fn lease_holders_count_leases_per_worker() {
+        let mut p = setup(4, 5);
+        assert_eq!(p.lease_holders(G), Some(BTreeMap::new()));
+        let a = lease(&mut p, 10, "w1", 2);
+        lease(&mut p, 11, "w2", 1);
+        let holders = p.lease_holders(G).expect("queue group");
+        assert_eq!(holders.get("w1"), Some(&2));
+        assert_eq!(holders.get("w2"), Some(&1));
+        assert_eq!(ack(&mut p, 12, a[0].token), QueueResult::Ok);
+        assert_eq!(p.lease_holders(G).expect("group").get("w1"), Some(&1));
+        assert_eq!(p.lease_holders("nope"), None);
+    }
+
+    #[test]
     fn stale_token_after_expiry_and_relase_is_refused() {
         let mut p = setup(1, 5);
         let first = lease(&mut p, 0, "slow", 1)[0].clone();
