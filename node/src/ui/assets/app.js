@@ -210,6 +210,14 @@ document.addEventListener("DOMContentLoaded", () => {
       if (!window.confirm(f.getAttribute("data-confirm"))) e.preventDefault();
     });
   });
+  // Timestamps are rendered as ms since the epoch; show them in local time.
+  document.querySelectorAll("[data-ms]").forEach((e) => {
+    const ms = Number(e.getAttribute("data-ms"));
+    if (ms > 0) {
+      e.title = ms + " ms";
+      e.textContent = new Date(ms).toLocaleString();
+    }
+  });
   document.querySelectorAll("select[data-autosubmit]").forEach((s) => {
     s.addEventListener("change", () => s.form.submit());
   });
