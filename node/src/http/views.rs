@@ -439,6 +439,7 @@ fn partition_target(
 /// Calls the same admin path on `node` and decodes its answer (or its error document).
 async fn forward<T: for<'de> Deserialize<'de>>(
     api: &Api,
+    (topic, partition): (&str, u32),
     node: NodeId,
     method: &str,
     path: &str,
@@ -455,14 +456,25 @@ async fn forward<T: for<'de> Deserialize<'de>>(
             reason: format!("node {node} answered an unreadable document: {e}"),
         });
     }
-    let detail = serde_json::from_slice::<super::admin::ErrorBody>(&r.body)
-        .map(|b| b.error.message)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&r.body).into_owned());
-    Err(match r.status {
-        404 => ApiError::InvalidArgument { reason: detail },
-        400 => ApiError::InvalidArgument { reason: detail },
+    let (kind, detail) = match serde_json::from_slice::<super::admin::ErrorBody>(&r.body) {
+        Ok(b) => (b.error.kind, b.error.message),
+        Err(_) => (String::new(), String::from_utf8_lossy(&r.body).into_owned()),
+    };
+    // The peer's error kind maps back to the same error, so the caller answers the same
+    // status a direct request to the peer would have.
+    Err(match kind.as_str() {
+        "unknown_topic" => ApiError::UnknownTopic {
+            topic: topic.into(),
+        },
+        "unknown_partition" => ApiError::UnknownPartition {
+            topic: topic.into(),
+            partition,
+        },
+        "invalid_argument" | "invalid_batch" => ApiError::InvalidArgument { reason: detail },
+        "too_large" => ApiError::InvalidArgument { reason: detail },
+        "timeout" => ApiError::Timeout,
         _ => ApiError::Unavailable {
-            reason: format!("node {node}: {detail}"),
+            reason: format!("node {node} answered HTTP {}: {detail}", r.status),
         },
     })
 }
@@ -501,7 +513,7 @@ pub async fn browse(
             "/api/v1/topics/{}/partitions/{partition}/tasks?from={from}&limit={limit}",
             crate::ui::url_escape(topic)
         );
-        return forward(api, node, "GET", &path, None).await;
+        return forward(api, (topic, partition), node, "GET", &path, None).await;
     }
     let group = api.raft().group(gid).ok_or_else(|| ApiError::Unavailable {
         reason: "partition closed".into(),
@@ -668,7 +680,7 @@ pub async fn produce_task(
             reason: e.to_string(),
         })?;
         let path = format!("/api/v1/topics/{}/tasks", crate::ui::url_escape(topic));
-        return forward(api, node, "POST", &path, Some(&body)).await;
+        return forward(api, (topic, partition), node, "POST", &path, Some(&body)).await;
     }
     let now = api.now_ms();
     let mut record = TaskRecord::new(req.payload.into_bytes(), now);
