@@ -186,6 +186,20 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
             Ok(buf)
         })
     }
+    /// Writes whole blocks like [`DiskFile::write_blocks_at_and_sync`] (same alignment rules,
+    /// `O_DIRECT` where the handle has a direct descriptor), but not durably: durable after a
+    /// later [`DiskFile::sync_data`]. For bulk writes that need no page cache (zeroing a spare
+    /// segment). The default copies into a `Vec` and calls [`DiskFile::write_all_at`].
+    /// Returns the buffer for reuse.
+    fn write_blocks_at(&self, buf: AlignedBuf, pos: u64) -> IoFuture<'_, AlignedBuf> {
+        Box::pin(async move {
+            debug_assert!(
+                buf.len().is_multiple_of(BLOCK_BYTES) && pos.is_multiple_of(BLOCK_BYTES as u64)
+            );
+            self.write_all_at(buf.to_vec(), pos).await?;
+            Ok(buf)
+        })
+    }
     /// True if [`DiskFile::write_blocks_at_and_sync`] currently writes with `O_DIRECT`.
     fn is_direct(&self) -> bool {
         false

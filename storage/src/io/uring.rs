@@ -11,9 +11,16 @@
 //! *Design notes:* reads, writes, `fdatasync` and `fallocate` go through io_uring — the append
 //! path. Opening, `len`, `set_len` and directory operations are rare and use std calls on the
 //! blocking pool (tokio-uring 0.5 has no `ftruncate`/`fstat` on a `File`), through a duplicate
-//! of the descriptor. tokio-uring 0.5 does not expose linked SQEs, so
-//! [`DiskFile::write_all_at_and_sync`] submits the fdatasync right after the write completes
-//! on the uring thread: one channel round trip instead of two, without `IOSQE_IO_LINK`.
+//! of the descriptor. [`DiskFile::write_all_at_and_sync`] submits the fdatasync right after the
+//! write completes on the uring thread: one channel round trip instead of two. Linked
+//! write + fdatasync SQEs (`IOSQE_IO_LINK`) are not used: tokio-uring 0.5 has no API for them,
+//! and although it accepts a raw `io_uring` SQE (`UnsubmittedOneshot::new`, used below), it
+//! flushes its submission queue whenever the queue is full, so two SQEs pushed in a row can
+//! reach the kernel in two `io_uring_enter` calls, where the link no longer holds and the
+//! fdatasync could complete before the write. Instead, with `TASKBROKER_DIRECT_SYNC=rwf`
+//! (see `super::direct`) a direct block write is one SQE with `RWF_DSYNC` (same crate, same
+//! ring; the `io-uring` crate only builds the SQE). Spare segments are zeroed with
+//! [`DiskFile::write_blocks_at`] through the direct descriptor too (no page cache).
 //! Segment files opened with [`Disk::open_direct`] also register an `O_DIRECT` descriptor
 //! (see `super::direct`); [`DiskFile::write_blocks_at_and_sync`] writes through it from an
 //! [`AlignedBuf`] (which implements tokio-uring's `IoBuf`, the module's only `unsafe`).
@@ -58,6 +65,102 @@ unsafe impl tokio_uring::buf::IoBuf for AlignedBuf {
     }
 }
 
+/// How a block write is made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockSync {
+    /// Not by this request (an `O_DSYNC` descriptor makes every write durable, or a later
+    /// `fdatasync` will).
+    None,
+    /// A separate `fdatasync` submission after the write completes.
+    Fdatasync,
+    /// The write SQE carries `RWF_DSYNC`: durable when its completion arrives.
+    Rwf,
+}
+
+/// Data an `RWF_DSYNC` write owns while the kernel uses it: the file (so its descriptor
+/// stays open) and the buffer (so the memory the SQE points into stays valid). tokio-uring
+/// keeps it until the completion arrives, even if the waiting future is dropped.
+struct RwfWrite {
+    _file: Rc<tokio_uring::fs::File>,
+    buf: AlignedBuf,
+}
+
+/// Turns the completion of an [`RwfWrite`] into `(bytes written, buffer)`.
+struct RwfWritten;
+
+impl tokio_uring::OneshotOutputTransform for RwfWritten {
+    type Output = (std::io::Result<usize>, AlignedBuf);
+    type StoredData = RwfWrite;
+
+    fn transform_oneshot_output(
+        self,
+        data: RwfWrite,
+        cqe: io_uring::cqueue::Entry,
+    ) -> Self::Output {
+        let res = cqe.result();
+        let r = if res >= 0 {
+            Ok(res as usize)
+        } else {
+            Err(std::io::Error::from_raw_os_error(-res))
+        };
+        (r, data.buf)
+    }
+}
+
+/// Writes all of `buf` at `pos` with `RWF_DSYNC` writes (one SQE each; more only after a
+/// short write): when it returns `Ok`, the bytes are durable, as after write + `fdatasync`.
+///
+/// *Why not linked write + fdatasync SQEs:* tokio-uring flushes its submission queue to the
+/// kernel whenever it is full, so two SQEs pushed one after the other may land in different
+/// `io_uring_enter` calls, and a link does not survive that: the fdatasync could then run
+/// before the write. A single `RWF_DSYNC` write has the same effect with no ordering hazard.
+async fn write_rwf_dsync(
+    file: Rc<tokio_uring::fs::File>,
+    buf: AlignedBuf,
+    pos: u64,
+) -> (std::io::Result<()>, AlignedBuf) {
+    use std::os::unix::io::AsRawFd;
+    let fd = io_uring::types::Fd(file.as_raw_fd());
+    let mut buf = buf;
+    let mut done = 0usize;
+    while done < buf.len() {
+        let rest = &buf[done..];
+        let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+        let sqe = io_uring::opcode::Write::new(fd, rest.as_ptr(), len)
+            .offset(pos + done as u64)
+            .rw_flags(libc::RWF_DSYNC)
+            .build();
+        // The SQE points into `buf`'s heap allocation and names `file`'s descriptor; both are
+        // moved into the operation's stable data, which tokio-uring holds until the kernel's
+        // completion for this SQE has arrived, so neither is freed or closed while in use.
+        let op = tokio_uring::UnsubmittedOneshot::new(
+            RwfWrite {
+                _file: file.clone(),
+                buf,
+            },
+            RwfWritten,
+            sqe,
+        );
+        let (r, b) = op.submit().await;
+        buf = b;
+        match r {
+            Ok(0) => {
+                return (
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        "RWF_DSYNC write wrote no bytes",
+                    )),
+                    buf,
+                )
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
 /// A task to run on the uring thread (a log's writer).
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
 
@@ -92,7 +195,7 @@ enum Req {
         id: u64,
         buf: AlignedBuf,
         pos: u64,
-        sync: bool,
+        sync: BlockSync,
         reply: oneshot::Sender<(std::io::Result<()>, AlignedBuf)>,
     },
     Fallocate {
@@ -248,10 +351,15 @@ async fn run(mut rx: mpsc::Receiver<Req>) {
                 }
                 Ok(f) => {
                     tokio_uring::spawn(async move {
-                        let (r, buf) = f.write_all_at(buf, pos).await;
-                        let r = match r {
-                            Ok(()) if sync => f.sync_data().await,
-                            other => other,
+                        let (r, buf) = if sync == BlockSync::Rwf {
+                            write_rwf_dsync(f, buf, pos).await
+                        } else {
+                            let (r, buf) = f.write_all_at(buf, pos).await;
+                            let r = match r {
+                                Ok(()) if sync == BlockSync::Fdatasync => f.sync_data().await,
+                                other => other,
+                            };
+                            (r, buf)
                         };
                         let _ = reply.send((r, buf));
                     });
@@ -439,7 +547,7 @@ impl UringFile {
         id: u64,
         buf: AlignedBuf,
         pos: u64,
-        sync: bool,
+        sync: BlockSync,
     ) -> std::io::Result<(std::io::Result<()>, AlignedBuf)> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -504,8 +612,18 @@ impl DiskFile for UringFile {
         Box::pin(async move {
             let mut buf = buf;
             if let Some(did) = self.direct.filter(|_| self.is_direct()) {
-                let sync = direct::mode() != DirectMode::Dsync;
-                let (r, b) = self.write_blocks(did, buf, pos, sync).await?;
+                let sync = if direct::mode() == DirectMode::Dsync {
+                    BlockSync::None
+                } else if direct::use_rwf_dsync() {
+                    BlockSync::Rwf
+                } else {
+                    BlockSync::Fdatasync
+                };
+                let (mut r, mut b) = self.write_blocks(did, buf, pos, sync).await?;
+                if sync == BlockSync::Rwf && r.as_ref().is_err_and(direct::rwf_refused) {
+                    // Nothing was written: retry as write + fdatasync (from now on, always).
+                    (r, b) = self.write_blocks(did, b, pos, BlockSync::Fdatasync).await?;
+                }
                 match r {
                     Ok(()) => return Ok(b),
                     Err(e) if direct::is_einval(&e) => {
@@ -516,7 +634,31 @@ impl DiskFile for UringFile {
                     Err(e) => return Err(e),
                 }
             }
-            let (r, b) = self.write_blocks(self.id, buf, pos, true).await?;
+            let (r, b) = self
+                .write_blocks(self.id, buf, pos, BlockSync::Fdatasync)
+                .await?;
+            r.map(|()| b)
+        })
+    }
+
+    fn write_blocks_at(&self, buf: AlignedBuf, pos: u64) -> IoFuture<'_, AlignedBuf> {
+        Box::pin(async move {
+            let mut buf = buf;
+            if let Some(did) = self.direct.filter(|_| self.is_direct()) {
+                let (r, b) = self.write_blocks(did, buf, pos, BlockSync::None).await?;
+                match r {
+                    Ok(()) => return Ok(b),
+                    Err(e) if direct::is_einval(&e) => {
+                        self.direct_ok.store(false, Ordering::Relaxed);
+                        direct::warn_once(&self.path, &e);
+                        buf = b;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let (r, b) = self
+                .write_blocks(self.id, buf, pos, BlockSync::None)
+                .await?;
             r.map(|()| b)
         })
     }
