@@ -678,6 +678,11 @@ impl DiskFile for MeteredFile {
             self.inner.write_blocks_at_and_sync(buf, pos),
         )
     }
+    fn write_blocks_at(&self, buf: AlignedBuf, pos: u64) -> IoFuture<'_, AlignedBuf> {
+        // Spare-segment zeroing: forwarded so it stays O_DIRECT (the default would copy it
+        // into a buffered write); not an append, so not timed.
+        self.inner.write_blocks_at(buf, pos)
+    }
     fn is_direct(&self) -> bool {
         self.inner.is_direct()
     }
