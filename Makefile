@@ -6,7 +6,7 @@ CARGO ?= cargo
 NODES ?= 3
 
 .PHONY: help build run test verify fmt clippy doc nextest sim bench-compile clean-target \
-	image run-dev run-cluster stop clean logs bench rolling-restart rolling-restart-test chaos compose-check
+	image run-dev run-cluster stop clean logs bench rolling-restart rolling-restart-test chaos chaos-if-docker compose-check
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -17,7 +17,8 @@ build: ## Build the release binary (target/release/taskbroker under CARGO_TARGET
 run: build ## Build and start a local cluster of NODES nodes (default 3) on loopback; Ctrl-C stops it
 	$(CARGO_TARGET_DIR)/release/taskbroker local --nodes $(NODES)
 
-test: ## Everything CI checks: fmt, clippy, docs, all tests (incl. doctests and the headless-Chromium UI test), 200 simulation seeds, benches compiled, compose files
+test: ## Everything CI checks: fmt, clippy, docs, all tests (incl. doctests and the headless-Chromium UI test), 200 simulation seeds, benches compiled, compose files, Docker chaos test
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
@@ -27,6 +28,12 @@ test: ## Everything CI checks: fmt, clippy, docs, all tests (incl. doctests and 
 	$(CARGO) test --release -p taskbroker-sim-tests --test cluster_sim
 	$(CARGO) bench --workspace --no-run
 	deploy/scripts/compose-check.sh
+	$(MAKE) --no-print-directory chaos-if-docker
+
+chaos-if-docker: # The Docker chaos test when a Docker engine answers; otherwise it says it skipped
+	@if source deploy/scripts/lib.sh && docker_ok && compose_cmd >/dev/null; then \
+	  $(MAKE) --no-print-directory chaos; \
+	else echo "chaos: SKIP (no Docker engine or compose answers)"; fi
 
 clean-target: ## Remove the build cache
 	rm -rf $(CARGO_TARGET_DIR)

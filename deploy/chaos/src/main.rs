@@ -55,7 +55,11 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
-        brokers: vec!["node1:7070".into(), "node2:7070".into(), "node3:7070".into()],
+        brokers: vec![
+            "node1:7070".into(),
+            "node2:7070".into(),
+            "node3:7070".into(),
+        ],
         map: HashMap::new(),
         topic: "chaos".into(),
         partitions: 12,
@@ -104,6 +108,11 @@ struct Book {
     committed: Mutex<Vec<u64>>,
     /// Payload id -> (deliveries, successful acks).
     seen: Mutex<HashMap<u64, (u32, u32)>>,
+    /// Payload id -> partition, for tasks whose ack returned an error (ambiguous: the ack may
+    /// have been applied and only its reply lost).
+    ack_failed: Mutex<HashMap<u64, u32>>,
+    /// Payload id -> partition, for tasks acked successfully.
+    acked_on: Mutex<HashMap<u64, u32>>,
     produce_errors: Mutex<HashMap<String, u64>>,
     ack_errors: AtomicU64,
     lease_errors: AtomicU64,
@@ -179,7 +188,10 @@ async fn main() -> anyhow::Result<()> {
                     Err(e) => {
                         *lock(&book.failed).entry(id).or_default() += 1;
                         *lock(&book.produce_errors).entry(short(&e)).or_default() += 1;
-                        eprintln!("chaos: {:>6.1}s produce {id} failed: {e}", start.elapsed().as_secs_f64());
+                        eprintln!(
+                            "chaos: {:>6.1}s produce {id} failed: {e}",
+                            start.elapsed().as_secs_f64()
+                        );
                     }
                 }
             }
@@ -218,10 +230,15 @@ async fn main() -> anyhow::Result<()> {
                             .parse()
                             .unwrap_or(u64::MAX);
                         lock(&book.seen).entry(id).or_default().0 += 1;
+                        let partition = task.partition();
                         match task.ack().await {
-                            Ok(()) => lock(&book.seen).entry(id).or_default().1 += 1,
+                            Ok(()) => {
+                                lock(&book.seen).entry(id).or_default().1 += 1;
+                                lock(&book.acked_on).insert(id, partition);
+                            }
                             Err(_) => {
                                 book.ack_errors.fetch_add(1, Ordering::Relaxed);
+                                lock(&book.ack_failed).insert(id, partition);
                             }
                         }
                     }
@@ -248,7 +265,10 @@ async fn main() -> anyhow::Result<()> {
             let c = lock(&book.committed).len();
             let f: u32 = lock(&book.failed).values().sum();
             let a = lock(&book.seen).values().filter(|v| v.1 > 0).count();
-            println!("chaos: {:>5.0}s committed={c} failed_sends={f} acked={a}", start.elapsed().as_secs_f64());
+            println!(
+                "chaos: {:>5.0}s committed={c} failed_sends={f} acked={a}",
+                start.elapsed().as_secs_f64()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -263,7 +283,10 @@ async fn main() -> anyhow::Result<()> {
         loop {
             let missing = {
                 let seen = lock(&book.seen);
-                committed.iter().filter(|id| seen.get(id).is_none_or(|v| v.1 == 0)).count()
+                committed
+                    .iter()
+                    .filter(|id| seen.get(id).is_none_or(|v| v.1 == 0))
+                    .count()
             };
             if missing == 0 || drain_start.elapsed() >= args.drain_timeout {
                 break;
@@ -281,17 +304,54 @@ async fn main() -> anyhow::Result<()> {
 
     let seen = lock(&book.seen).clone();
     let failed = lock(&book.failed).clone();
-    let lost: Vec<u64> = if worker_count > 0 {
-        committed.iter().copied().filter(|id| seen.get(id).is_none_or(|v| v.1 == 0)).collect()
+    let unacked: Vec<u64> = if worker_count > 0 {
+        committed
+            .iter()
+            .copied()
+            .filter(|id| seen.get(id).is_none_or(|v| v.1 == 0))
+            .collect()
     } else {
         Vec::new()
     };
+    // A task whose only ack failed may have been acked anyway (the reply was lost). It is
+    // excused only if the broker's own books agree, per partition: nothing pending (no ready,
+    // delayed or in-flight task) and the broker's ack count covers every ack the workers saw
+    // succeed plus these excused tasks.
+    let ack_failed = lock(&book.ack_failed).clone();
+    let acked_on = lock(&book.acked_on).clone();
+    let mut acked_reply_lost = 0usize;
+    let mut lost = Vec::new();
+    if !unacked.is_empty() {
+        let books = broker_books(&client, &args.topic).await;
+        let mut excused: HashMap<u32, Vec<u64>> = HashMap::new();
+        for id in unacked {
+            match (ack_failed.get(&id), &books) {
+                (Some(p), Some(b)) if b.get(p).is_some_and(|x| x.0 == 0) => {
+                    excused.entry(*p).or_default().push(id)
+                }
+                _ => lost.push(id),
+            }
+        }
+        for (p, ids) in excused {
+            let client_acked = acked_on.values().filter(|q| **q == p).count() as u64;
+            let broker_acked = books.as_ref().and_then(|b| b.get(&p)).map_or(0, |x| x.1);
+            if broker_acked >= client_acked + ids.len() as u64 {
+                acked_reply_lost += ids.len();
+            } else {
+                println!("chaos: partition {p}: broker acked {broker_acked} < workers' {client_acked} + {} ambiguous", ids.len());
+                lost.extend(ids);
+            }
+        }
+    }
     let dup_deliveries = seen.values().filter(|v| v.0 > 1).count();
     let dup_acks = seen.values().filter(|v| v.1 > 1).count();
     let failed_then_delivered = failed.keys().filter(|id| seen.contains_key(id)).count();
-    let unknown = seen.keys().filter(|id| !committed.contains(id) && !failed.contains_key(id)).count();
+    let unknown = seen
+        .keys()
+        .filter(|id| !committed.contains(id) && !failed.contains_key(id))
+        .count();
     let failed_sends: u32 = failed.values().sum();
-    println!("chaos: RESULT produce_seconds={produce_secs:.0} drain_seconds={:.0} committed={} failed_sends={failed_sends} (of which delivered anyway: {failed_then_delivered}) acked={} lost={} tasks_delivered_more_than_once={dup_deliveries} tasks_acked_more_than_once={dup_acks} ack_errors={} lease_errors={} unknown_payloads={unknown}",
+    println!("chaos: RESULT produce_seconds={produce_secs:.0} drain_seconds={:.0} committed={} failed_sends={failed_sends} (of which delivered anyway: {failed_then_delivered}) acked={} acked_reply_lost={acked_reply_lost} lost={} tasks_delivered_more_than_once={dup_deliveries} tasks_acked_more_than_once={dup_acks} ack_errors={} lease_errors={} unknown_payloads={unknown}",
         drain_start.elapsed().as_secs_f64(),
         committed.len(),
         seen.values().filter(|v| v.1 > 0).count(),
@@ -304,7 +364,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut ok = true;
     if !lost.is_empty() {
-        println!("chaos: FAIL: {} committed tasks never acked, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
+        println!(
+            "chaos: FAIL: {} committed tasks never acked, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        );
+        for id in lost.iter().take(10) {
+            println!(
+                "chaos:   {id}: seen={:?} ack_failed_on_partition={:?}",
+                seen.get(id),
+                ack_failed.get(id)
+            );
+        }
         ok = false;
     }
     if committed.is_empty() {
@@ -322,4 +393,30 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("chaos: PASS");
     Ok(())
+}
+
+/// Per partition of the workers' group: (ready + delayed + in-flight, acked + dead-lettered), or
+/// `None` when the group cannot be described (then nothing is excused).
+async fn broker_books(client: &Client, topic: &str) -> Option<HashMap<u32, (u64, u64)>> {
+    for _ in 0..10 {
+        match client.admin().describe_group(topic, "chaos-workers").await {
+            Ok(d) => {
+                let m = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let pending = p.ready + p.delayed + p.in_flight;
+                        (p.partition, (pending, p.acked_total + p.dead_letters))
+                    })
+                    .collect::<HashMap<_, _>>();
+                println!("chaos: final group state: {:?}", d.partitions);
+                return Some(m);
+            }
+            Err(e) => {
+                eprintln!("chaos: describe group: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    None
 }
