@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use taskbroker_client::proto::GroupPartitionState;
 use taskbroker_client::transport::{BoxConn, IoFuture, Listener, TokioTransport, Transport};
 use taskbroker_client::{Client, Task, TopicSpec};
 
@@ -280,15 +281,31 @@ async fn main() -> anyhow::Result<()> {
     let drain_start = Instant::now();
     let committed = lock(&book.committed).clone();
     if worker_count > 0 {
+        let mut last_books_check = Instant::now();
         loop {
-            let missing = {
+            let (missing, ambiguous) = {
                 let seen = lock(&book.seen);
-                committed
+                let ack_failed = lock(&book.ack_failed);
+                let missing: Vec<u64> = committed
                     .iter()
+                    .copied()
                     .filter(|id| seen.get(id).is_none_or(|v| v.1 == 0))
-                    .count()
+                    .collect();
+                let ambiguous = missing.iter().all(|id| ack_failed.contains_key(id));
+                (missing.len(), ambiguous)
             };
-            if missing == 0 || drain_start.elapsed() >= args.drain_timeout {
+            // Only tasks whose ack reply was lost remain: once the broker has nothing pending,
+            // no redelivery can come; the verdict below checks them against its books.
+            let settled = missing > 0
+                && ambiguous
+                && last_books_check.elapsed() >= Duration::from_secs(5)
+                && {
+                    last_books_check = Instant::now();
+                    broker_books(&client, &args.topic, false)
+                        .await
+                        .is_some_and(|b| b.values().all(|x| x.0 == 0))
+                };
+            if missing == 0 || settled || drain_start.elapsed() >= args.drain_timeout {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -322,7 +339,7 @@ async fn main() -> anyhow::Result<()> {
     let mut acked_reply_lost = 0usize;
     let mut lost = Vec::new();
     if !unacked.is_empty() {
-        let books = broker_books(&client, &args.topic).await;
+        let books = broker_books(&client, &args.topic, true).await;
         let mut excused: HashMap<u32, Vec<u64>> = HashMap::new();
         for id in unacked {
             match (ack_failed.get(&id), &books) {
@@ -397,7 +414,11 @@ async fn main() -> anyhow::Result<()> {
 
 /// Per partition of the workers' group: (ready + delayed + in-flight, acked + dead-lettered), or
 /// `None` when the group cannot be described (then nothing is excused).
-async fn broker_books(client: &Client, topic: &str) -> Option<HashMap<u32, (u64, u64)>> {
+async fn broker_books(
+    client: &Client,
+    topic: &str,
+    verbose: bool,
+) -> Option<HashMap<u32, (u64, u64)>> {
     for _ in 0..10 {
         match client.admin().describe_group(topic, "chaos-workers").await {
             Ok(d) => {
@@ -409,7 +430,19 @@ async fn broker_books(client: &Client, topic: &str) -> Option<HashMap<u32, (u64,
                         (p.partition, (pending, p.acked_total + p.dead_letters))
                     })
                     .collect::<HashMap<_, _>>();
-                println!("chaos: final group state: {:?}", d.partitions);
+                if verbose {
+                    let sum = |f: fn(&GroupPartitionState) -> u64| {
+                        d.partitions.iter().map(f).sum::<u64>()
+                    };
+                    println!(
+                        "chaos: broker books: {} partitions, high watermarks {}, acked {}, dead letters {}, pending {}",
+                        d.partitions.len(),
+                        sum(|p| p.high_watermark),
+                        sum(|p| p.acked_total),
+                        sum(|p| p.dead_letters),
+                        sum(|p| p.ready + p.delayed + p.in_flight)
+                    );
+                }
                 return Some(m);
             }
             Err(e) => {
