@@ -157,12 +157,12 @@ impl Metrics {
             ),
             received_bytes: counter_vec(
                 "taskbroker_network_received_bytes_total",
-                "Bytes received on client and Raft connections",
+                "Bytes received on client and Raft connections this node accepted (outgoing Raft connections are counted by the peer that accepted them)",
                 &["conn"],
             ),
             sent_bytes: counter_vec(
                 "taskbroker_network_sent_bytes_total",
-                "Bytes sent on client and Raft connections",
+                "Bytes sent on client and Raft connections this node accepted (outgoing Raft connections are counted by the peer that accepted them)",
                 &["conn"],
             ),
             elections: counter_vec(
