@@ -11,8 +11,10 @@
 //! - Every call has a deadline enforced by `tokio::time::timeout` (the simulated clock under
 //!   turmoil); tarpc's own deadline is set a little later so ours fires first.
 //! - Frames are length-delimited with a limit ([`FRAME_BYTES_MAX`]) well above the largest append
-//!   openraft sends (bounded by `max_payload_entries` times the batch limit).
+//!   openraft sends (bounded by `max_payload_entries` times the batch limit); [`frames`] encodes
+//!   them with one copy per message (the wire format of tarpc's bincode `serde_transport`).
 
+pub mod frames;
 pub mod peer;
 pub mod service;
 

@@ -12,10 +12,10 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftNetworkV2};
-use tarpc::tokio_serde::formats::Bincode;
-use tarpc::tokio_util::codec::LengthDelimitedCodec;
+use tarpc::tokio_util::codec::Framed;
 use taskbroker_client::transport::{ConnKind, Preamble, Transport};
 
+use super::frames::BincodeFrames;
 use super::service::{RaftRpcClient, RpcFailure};
 use crate::types::{typ, GroupId, NodeId, TypeConfig};
 
@@ -138,10 +138,7 @@ impl Peers {
         .await
         .map_err(|_| connect_err("timed out".into()))?
         .map_err(|e| connect_err(e.to_string()))?;
-        let framed = LengthDelimitedCodec::builder()
-            .max_frame_length(super::FRAME_BYTES_MAX)
-            .new_framed(conn);
-        let transport = tarpc::serde_transport::new(framed, Bincode::default());
+        let transport = Framed::new(conn, BincodeFrames::new(super::FRAME_BYTES_MAX));
         let client = RaftRpcClient::new(tarpc::client::Config::default(), transport).spawn();
         p.client = Some(client.clone());
         Ok(client)

@@ -9,10 +9,10 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 use tarpc::server::{BaseChannel, Channel};
-use tarpc::tokio_serde::formats::Bincode;
-use tarpc::tokio_util::codec::LengthDelimitedCodec;
+use tarpc::tokio_util::codec::Framed;
 use taskbroker_client::transport::BoxConn;
 
+use super::frames::BincodeFrames;
 use crate::router::RaftNode;
 use crate::types::{typ, GroupId, NodeId, TypeConfig};
 
@@ -154,10 +154,7 @@ impl RaftRpc for Server {
 /// Requests are handled concurrently; openraft tolerates reordered and stale messages, and each
 /// replication stream waits for one append's answer before sending the next.
 pub async fn serve_connection(node: Arc<RaftNode>, conn: BoxConn) {
-    let framed = LengthDelimitedCodec::builder()
-        .max_frame_length(super::FRAME_BYTES_MAX)
-        .new_framed(conn);
-    let transport = tarpc::serde_transport::new(framed, Bincode::default());
+    let transport = Framed::new(conn, BincodeFrames::new(super::FRAME_BYTES_MAX));
     let server = Server { node };
     BaseChannel::with_defaults(transport)
         .execute(server.serve())
