@@ -80,6 +80,9 @@ pub struct PartialConfig {
     pub max_task_bytes: Option<u64>,
     /// Largest record batch accepted, bytes.
     pub max_batch_bytes: Option<u64>,
+    /// Hand partition leadership back to the preferred replica (the first in placement) once
+    /// it is up and caught up (default true).
+    pub rebalance_leaders: Option<bool>,
 }
 
 impl PartialConfig {
@@ -103,6 +106,7 @@ impl PartialConfig {
                 .or(other.election_timeout_max_ms),
             max_task_bytes: self.max_task_bytes.or(other.max_task_bytes),
             max_batch_bytes: self.max_batch_bytes.or(other.max_batch_bytes),
+            rebalance_leaders: self.rebalance_leaders.or(other.rebalance_leaders),
         }
     }
 
@@ -153,6 +157,14 @@ impl PartialConfig {
                     c.election_timeout_max_ms = Some(num("TASKBROKER_ELECTION_TIMEOUT_MAX_MS", &v)?)
                 }
                 "MAX_TASK_BYTES" => c.max_task_bytes = Some(num("TASKBROKER_MAX_TASK_BYTES", &v)?),
+                "REBALANCE_LEADERS" => {
+                    c.rebalance_leaders =
+                        Some(v.parse::<bool>().map_err(|e| ConfigError::Invalid {
+                            name: "TASKBROKER_REBALANCE_LEADERS",
+                            value: v.clone(),
+                            reason: e.to_string(),
+                        })?)
+                }
                 "MAX_BATCH_BYTES" => {
                     c.max_batch_bytes = Some(num("TASKBROKER_MAX_BATCH_BYTES", &v)?)
                 }
@@ -193,8 +205,26 @@ pub struct NodeConfig {
     pub max_task_bytes: u64,
     /// Largest record batch accepted, bytes (`TooLarge` above).
     pub max_batch_bytes: u64,
+    /// Hand partition leadership back to preferred replicas (`controller::rebalance_loop`).
+    pub rebalance_leaders: bool,
     /// Segment-log settings of every group (defaults; simulations use small segments).
     pub log: taskbroker_storage::LogConfig,
+}
+
+/// See [`NodeConfig::advertised_http`]: `http` with its wildcard host replaced by the host of
+/// `advertise` (kept as is when that is a wildcard too, or either has no port).
+pub fn advertised_http(http: &str, advertise: &str) -> String {
+    let split = |a: &str| {
+        a.rsplit_once(':')
+            .map(|(h, p)| (h.to_owned(), p.to_owned()))
+    };
+    let wildcard = |h: &str| matches!(h, "" | "0.0.0.0" | "[::]" | "::" | "*");
+    match (split(http), split(advertise)) {
+        (Some((host, port)), Some((adv_host, _))) if wildcard(&host) && !wildcard(&adv_host) => {
+            format!("{adv_host}:{port}")
+        }
+        _ => http.to_owned(),
+    }
 }
 
 fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
@@ -328,8 +358,23 @@ impl NodeConfig {
             election_timeout_max_ms,
             max_task_bytes,
             max_batch_bytes,
+            rebalance_leaders: p.rebalance_leaders.unwrap_or(true),
             log: taskbroker_storage::LogConfig::default(),
         })
+    }
+
+    /// The HTTP address other nodes, the CLI and the web UI should use: the HTTP address
+    /// itself, unless it binds every interface (`0.0.0.0`, `[::]` or no host), which cannot be
+    /// dialled: then the advertised address's host with the HTTP port. Empty when no HTTP is
+    /// served.
+    ///
+    /// ```
+    /// use taskbroker_node::config::advertised_http;
+    /// assert_eq!(advertised_http("0.0.0.0:8080", "node1:7070"), "node1:8080");
+    /// assert_eq!(advertised_http("127.0.0.1:8001", "127.0.0.1:7001"), "127.0.0.1:8001");
+    /// ```
+    pub fn advertised_http(&self) -> String {
+        advertised_http(&self.http, &self.advertise)
     }
 
     /// The HTTP address as a socket address.
@@ -347,6 +392,26 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advertised_http_never_names_a_wildcard_address() {
+        assert_eq!(advertised_http("0.0.0.0:8080", "node1:7070"), "node1:8080");
+        assert_eq!(
+            advertised_http("[::]:8080", "10.0.0.5:7070"),
+            "10.0.0.5:8080"
+        );
+        assert_eq!(advertised_http(":8080", "[fd00::1]:7070"), "[fd00::1]:8080");
+        assert_eq!(
+            advertised_http("127.0.0.1:8001", "node1:7001"),
+            "127.0.0.1:8001"
+        );
+        // Nothing better known: keep what was given.
+        assert_eq!(
+            advertised_http("0.0.0.0:8080", "0.0.0.0:7070"),
+            "0.0.0.0:8080"
+        );
+        assert_eq!(advertised_http("", "node1:7070"), "");
+    }
 
     #[test]
     fn precedence_flags_then_file_then_env() {

@@ -15,8 +15,8 @@
 //! | [`cli`] | subcommands of the binary (`serve`, `local`, and the client commands `topic`, `produce`, `consume`, `work`, `group`, `cluster`) |
 //!
 //! Status: the node forms and resumes a replicated metadata group, registers itself, runs the
-//! partition groups placed on it and serves the client API, health and metrics. Forwarding of
-//! dead letters to a dead-letter topic is not built yet.
+//! partition groups placed on it and serves the client API, health and metrics, and forwards
+//! dead letters to dead-letter topics.
 
 pub mod api;
 pub mod cli;
@@ -140,6 +140,10 @@ pub async fn run(
     server.set_api(api.clone());
     tasks.spawn(controller::register(api.clone(), config.clone()));
     tasks.spawn(controller::reconcile_loop(api.clone()));
+    tasks.spawn(api::forward_dead_letters(api.clone()));
+    if config.rebalance_leaders {
+        tasks.spawn(controller::rebalance_loop(api.clone()));
+    }
     let http_state = http::HttpState {
         raft: raft.clone(),
         metrics,

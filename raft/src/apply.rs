@@ -14,6 +14,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use taskbroker_client::batch::{aligned_copy, BatchView};
+use taskbroker_client::proto::headers;
 use tokio::sync::watch;
 
 use crate::command::{Command, Response};
@@ -117,6 +118,9 @@ impl GroupState {
                             key: r.key(),
                             not_before_ms: r.not_before_ms(),
                             priority: r.priority(),
+                            group: r
+                                .header(headers::REQUEUE_GROUP)
+                                .and_then(|g| std::str::from_utf8(g).ok()),
                         });
                         Response::Produce(p.apply_produce(base, *now_ms, producer, records))
                     }

@@ -77,6 +77,16 @@ impl Quiescer {
         groups.values().filter(|g| g.mode == Mode::Quiet).count()
     }
 
+    /// Whether `node` answered a ping within `within` (a liveness signal for decisions such as
+    /// handing leadership back to a preferred replica).
+    pub fn peer_alive(&self, node: NodeId, within: Duration) -> bool {
+        let now = Instant::now();
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .get(&node)
+            .is_some_and(|p| p.last_ok.is_some_and(|t| now.duration_since(t) <= within))
+    }
+
     /// Whether `node` answered a ping within `within` and reports leading `group`.
     fn leader_alive(&self, node: NodeId, group: GroupId, within: Duration, now: Instant) -> bool {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());

@@ -603,6 +603,40 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Whether peer `node` answered a liveness ping within `within`; `None` when this node
+    /// runs without quiescence (no pings, so no liveness signal).
+    pub fn peer_alive(&self, node: NodeId, within: Duration) -> Option<bool> {
+        self.quiescer.as_ref().map(|q| q.peer_alive(node, within))
+    }
+
+    /// Every group with a directory under this node's data directory, open or not (a group
+    /// deleted by [`RaftNode::delete_group`] keeps its empty directory).
+    pub async fn groups_on_disk(&self) -> Vec<GroupId> {
+        let dir = self.config.data_dir.join("groups");
+        let names = self.disk.list_dir(&dir).await.unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|n| n.parse::<u64>().ok())
+            .map(GroupId)
+            .collect()
+    }
+
+    /// Whether `group` has any log or snapshot file on disk.
+    pub async fn group_has_data(&self, group: GroupId) -> bool {
+        let dir = self.group_dir(group);
+        for sub in ["log", "snap"] {
+            if self
+                .disk
+                .list_dir(&dir.join(sub))
+                .await
+                .is_ok_and(|names| !names.is_empty())
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Stops every group.
     pub async fn shutdown(&self) {
         for id in self.group_ids() {

@@ -15,6 +15,7 @@
 //!   node, `NotLeader` corrects it).
 
 pub mod framing;
+pub mod headers;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -419,9 +420,11 @@ pub trait BrokerApi {
     ) -> Result<(), ApiError>;
     /// A group's state on every partition of its topic.
     async fn describe_group(topic: String, group: String) -> Result<GroupDescription, ApiError>;
-    /// Moves dead letters of a group back to ready (all partitions); returns how many.
+    /// Moves dead letters of a group back to ready (all partitions), and requeues its dead
+    /// letters from the topic's dead-letter topic back to the topic; returns how many.
     async fn requeue_dead_letters(topic: String, group: String) -> Result<u64, ApiError>;
-    /// Nodes, controller, partition leaders and lagging replicas.
+    /// Nodes, controller, partition leaders and lagging replicas of every partition (the
+    /// answering node asks each partition's leader).
     async fn cluster_status() -> Result<ClusterStatus, ApiError>;
     /// **Internal (node to node)**: registers a node's addresses in the cluster metadata; a node
     /// that is not the metadata leader forwards it there. Clients have no use for it.
@@ -437,6 +440,19 @@ pub trait BrokerApi {
         group: String,
         partitions: Vec<u32>,
     ) -> Result<Vec<Result<GroupPartitionState, ApiError>>, ApiError>;
+    /// **Internal (node to node)**: the lagging followers (topic, partition, node, entries
+    /// behind) of the partitions the called node leads; `cluster_status` gathers them from
+    /// every node.
+    async fn replica_lag() -> Result<Vec<(String, u32, NodeId, u64)>, ApiError>;
+    /// **Internal (node to node)**: requeues the dead letters of (`topic`, `group`) held in
+    /// partition `partition` of `topic`'s dead-letter topic `dead_letter_topic` back to `topic`;
+    /// the called node must lead that partition. Returns how many moved.
+    async fn requeue_dead_letter_partition(
+        dead_letter_topic: String,
+        partition: u32,
+        topic: String,
+        group: String,
+    ) -> Result<u64, ApiError>;
     /// **Internal (node to node)**: requeues a group's dead letters on the given partitions,
     /// which the called node must lead (one count or error per partition, in order).
     async fn requeue_partitions(

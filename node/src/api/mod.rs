@@ -14,7 +14,10 @@
 //!   node that lost leadership meanwhile is forwarded again, bounded by the deadline.
 //! - Queue operations of concurrent requests are gathered into one Raft entry per partition
 //!   (`queue::Batcher`).
+//! - Dead letters of topics with a dead-letter topic are forwarded there by the partition
+//!   leader and requeued from there to their origin ([`forward_dead_letters`]).
 
+mod dead_letter;
 mod produce;
 mod queue;
 mod stream;
@@ -49,6 +52,9 @@ use crate::http::Metrics;
 pub const HANDLER_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest long-poll a fetch may ask for: a client's wait is clamped to it.
 pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
+/// How long an operation that fans out to partition leaders waits for a partition that has
+/// no leader right now (elections take about one election timeout).
+pub const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// Most requests one client connection runs at once; more wait in the connection's buffer
 /// (bounds memory and tasks per connection).
 pub const REQUESTS_PER_CONNECTION_MAX: usize = 256;
@@ -80,6 +86,8 @@ struct Inner {
     /// inherited: from then on the applied duplicate table is complete.
     produce_ready_term: Mutex<BTreeMap<GroupId, u64>>,
     metrics: Arc<Metrics>,
+    /// Serialises requeues from one dead-letter partition for one (topic, group).
+    requeue_locks: Mutex<dead_letter::RequeueLocks>,
 }
 
 /// The node's [`BrokerApi`] implementation (cheap to clone).
@@ -116,6 +124,7 @@ impl Api {
                 produces_in_flight: Mutex::new(BTreeMap::new()),
                 produce_ready_term: Mutex::new(BTreeMap::new()),
                 metrics,
+                requeue_locks: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -283,6 +292,22 @@ impl Api {
         }
     }
 
+    /// As [`Api::partition_leader`], but waits up to [`LEADER_WAIT`] for a hosted group that
+    /// has no leader right now (an election or a leadership transfer in progress).
+    async fn partition_leader_wait(
+        &self,
+        group_id: GroupId,
+        replicas: &[NodeId],
+    ) -> Option<NodeId> {
+        match self.inner.raft.group(group_id) {
+            Some(g) => match g.leader() {
+                Some(l) => Some(l),
+                None => g.wait_for_leader(LEADER_WAIT).await,
+            },
+            None => replicas.first().copied(),
+        }
+    }
+
     /// Runs `local` if this node leads the metadata group, else forwards with `remote` to the
     /// metadata leader.
     async fn on_controller<T, L, R, Fut>(&self, local: L, remote: R) -> Result<T, ApiError>
@@ -324,6 +349,8 @@ async fn observed<T>(
     metrics.observe_request(api, start.elapsed(), &r);
     r
 }
+
+pub use dead_letter::forward_loop as forward_dead_letters;
 
 /// Runs a handler under `deadline`.
 async fn deadline<T>(
@@ -544,8 +571,15 @@ impl BrokerApi for Api {
         observed(
             self.inner.metrics.clone(),
             "cluster_status",
-            deadline(HANDLER_DEADLINE, async { self.do_cluster_status() }),
+            deadline(HANDLER_DEADLINE, self.do_cluster_status()),
         )
+        .await
+    }
+
+    async fn replica_lag(self, _: Context) -> Result<Vec<(String, u32, NodeId, u64)>, ApiError> {
+        observed(self.inner.metrics.clone(), "replica_lag", async {
+            Ok(self.led_replica_lag())
+        })
         .await
     }
 
@@ -580,6 +614,30 @@ impl BrokerApi for Api {
                     .map(|p| self.local_partition_state(&topic, &group, p))
                     .collect())
             }),
+        )
+        .await
+    }
+
+    async fn requeue_dead_letter_partition(
+        self,
+        _: Context,
+        dead_letter_topic: String,
+        partition: u32,
+        topic: String,
+        group: String,
+    ) -> Result<u64, ApiError> {
+        observed(
+            self.inner.metrics.clone(),
+            "requeue_dead_letter_partition",
+            deadline(
+                HANDLER_DEADLINE,
+                self.requeue_dead_letter_partition_local(
+                    &dead_letter_topic,
+                    partition,
+                    &topic,
+                    &group,
+                ),
+            ),
         )
         .await
     }

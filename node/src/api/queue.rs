@@ -7,9 +7,9 @@
 //!   proposes them as the next entry, up to [`QUEUE_OPS_PER_ENTRY_MAX`] ops.
 //! - Group policy: a fetch creates the group (metadata `CreateGroup` as a queue group, then
 //!   `EnsureGroup` in the partition) with the topic's visibility timeout and max attempts.
-//!   `dead_letter` is always true: exhausted tasks are kept as dead letters (so `requeue` can
-//!   bring them back) whether or not the topic names a dead-letter topic; forwarding them to
-//!   that topic is not built yet.
+//!   `dead_letter` is always true: exhausted tasks are kept as dead letters, in the group
+//!   (requeued in place) or, when the topic names a dead-letter topic, until the leader has
+//!   forwarded them there (`dead_letter`).
 //! - Long-poll: a fetch that leased nothing waits for the partition's applied watch (a produce
 //!   or a settle) or [`LONG_POLL_RECHECK`] (delayed tasks and expiring leases become due by
 //!   time alone), and only proposes another `Lease` if the local state says something may be
@@ -534,7 +534,7 @@ impl Api {
         })??;
         let mut total = 0;
         for (p, gid, replicas) in parts {
-            let mut target = self.partition_leader(gid, &replicas);
+            let mut target = self.partition_leader_wait(gid, &replicas).await;
             // One retry on the leader a wrong guess names.
             for _ in 0..2 {
                 let node = target.ok_or_else(|| ApiError::Unavailable {
@@ -570,7 +570,7 @@ impl Api {
                 }
             }
         }
-        Ok(total)
+        Ok(total + self.requeue_from_dead_letter_topic(&topic, &group).await?)
     }
 }
 

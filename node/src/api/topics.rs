@@ -3,6 +3,8 @@
 //! Reads answer from the local metadata replica (any node); writes run on the metadata leader
 //! (forwarded there by other nodes), which fills in defaults, places partitions and proposes.
 
+use std::collections::BTreeMap;
+
 use taskbroker_client::proto::{
     ApiError, ClusterMeta, ClusterStatus, GroupMode, NodeId, NodeMeta, PartitionMeta, TopicMeta,
     TopicSpec,
@@ -19,6 +21,8 @@ use super::{to_raft_mode, Api};
 /// A follower this many entries behind its leader is reported as lagging: below it, lag is
 /// normal in-flight replication.
 pub const LAGGING_REPLICA_ENTRIES_MIN: u64 = 100;
+/// How long `cluster status` waits for another node's replica lag.
+pub const STATUS_PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn meta_err(e: MetaError) -> ApiError {
     match e {
@@ -79,10 +83,11 @@ impl Api {
         })
     }
 
-    pub(super) fn do_cluster_status(&self) -> Result<ClusterStatus, ApiError> {
-        let meta = self.cluster_meta(&[])?;
+    /// Lagging followers of the partitions this node leads: (topic, partition, node, entries
+    /// behind).
+    pub(super) fn led_replica_lag(&self) -> Vec<(String, u32, NodeId, u64)> {
         let mut lagging = Vec::new();
-        for gid in self.raft().group_ids() {
+        for gid in self.raft().led_groups() {
             if gid.is_metadata() {
                 continue;
             }
@@ -106,9 +111,43 @@ impl Api {
                 }
             }
         }
+        lagging
+    }
+
+    /// Cluster status with the lagging replicas of every partition: each partition's lag is
+    /// known to its leader, so every other registered node is asked for the partitions it
+    /// leads (in parallel, [`STATUS_PEER_TIMEOUT`] each). A node that does not answer is
+    /// skipped: the partitions it led have new leaders, which report it as lagging.
+    pub(super) async fn do_cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        let meta = self.cluster_meta(&[])?;
+        let me = self.settings().node_id;
+        let asks = meta.nodes.iter().filter(|n| n.id != me).map(|n| {
+            let (id, addr) = (n.id, n.addr.clone());
+            async move {
+                self.forwarder()
+                    .call(id, &addr, STATUS_PEER_TIMEOUT, |c, ctx| async move {
+                        c.replica_lag(ctx).await
+                    })
+                    .await
+                    .map_err(|e| tracing::debug!(node = id, error = %e, "no replica lag from node"))
+                    .unwrap_or_default()
+            }
+        });
+        let remote = futures::future::join_all(asks).await;
+        // One entry per (topic, partition, node); two nodes that both believe they lead (one of
+        // them stale) may both answer: keep the larger lag.
+        let mut lag: BTreeMap<(String, u32, NodeId), u64> = BTreeMap::new();
+        for (topic, partition, node, behind) in self
+            .led_replica_lag()
+            .into_iter()
+            .chain(remote.into_iter().flatten())
+        {
+            let e = lag.entry((topic, partition, node)).or_insert(0);
+            *e = (*e).max(behind);
+        }
         Ok(ClusterStatus {
             meta,
-            lagging_replicas: lagging,
+            lagging_replicas: lag.into_iter().map(|((t, p, n), l)| (t, p, n, l)).collect(),
         })
     }
 

@@ -108,7 +108,8 @@ pub enum GroupCommand {
         /// Group.
         group: String,
     },
-    /// Move the group's dead letters back to ready.
+    /// Move the group's dead letters back to ready: those kept in the group, and those in the
+    /// topic's dead-letter topic (back to the topic, for this group only). Safe to repeat.
     Requeue {
         /// Topic.
         topic: String,

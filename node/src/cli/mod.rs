@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// Raft election timeout upper bound, ms.
     #[arg(long)]
     pub election_timeout_max_ms: Option<u64>,
+    /// Hand partition leadership back to each partition's preferred replica once it is up and
+    /// caught up again (true or false; default true).
+    #[arg(long)]
+    pub rebalance_leaders: Option<bool>,
 }
 
 impl ServeArgs {
@@ -134,6 +138,7 @@ impl ServeArgs {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             election_timeout_min_ms: self.election_timeout_min_ms,
             election_timeout_max_ms: self.election_timeout_max_ms,
+            rebalance_leaders: self.rebalance_leaders,
             ..PartialConfig::default()
         }
     }

@@ -8,18 +8,20 @@
 //!
 //! # Invariants
 //! - The reconciler only opens groups the metadata places on this node, and only deletes groups
-//!   it opened itself whose topic has since left the metadata: it never deletes data because
-//!   its metadata is behind.
+//!   it opened itself whose topic has since left the metadata, or unopened groups whose topic
+//!   id is known as deleted: it never deletes data because its metadata is behind.
 //! - Every replica initialises a partition group with the same membership (the placement's
 //!   replica set), so concurrent initialisations agree.
 //!
 //! # Design notes
-//! - Preferred leader: the first replica is only a hint for clients. Handing leadership back
-//!   to it is not done: a first attempt (transfer when its lag reads 0) could target a dead
-//!   node whose stale lag read 0 and left the partition refusing writes; it needs a liveness
-//!   signal first.
-//! - Groups of topics deleted while this node was down stay on disk (the reconciler never
-//!   opened them); a disk sweep is future work.
+//! - Preferred leader: the first replica of each partition (placement spreads them evenly).
+//!   [`rebalance_loop`] hands leadership back to it once it is alive by the quiescence pings
+//!   (a stale lag of 0 alone could name a dead node and leave the partition without a leader)
+//!   and caught up, in two consecutive checks. `--rebalance-leaders false` turns it off.
+//! - Groups of topics deleted while this node was down were never opened by the reconciler:
+//!   a sweep after every metadata change deletes the data of unopened groups whose topic id
+//!   the metadata knows as deleted (ids are never reused, so this is safe even when the local
+//!   metadata is behind).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -65,7 +67,8 @@ pub async fn bootstrap(
     Ok(meta)
 }
 
-/// Registers this node (id, advertised client address, HTTP address) in the metadata, retrying
+/// Registers this node (id, advertised client address, advertised HTTP address: never a
+/// wildcard bind address, see [`NodeConfig::advertised_http`]) in the metadata, retrying
 /// until it succeeds (or forever while there is no metadata leader).
 pub async fn register(api: Api, config: NodeConfig) {
     let mut attempts: u64 = 0;
@@ -76,8 +79,9 @@ pub async fn register(api: Api, config: NodeConfig) {
             .read()
             .metadata()
             .and_then(|m| m.node(config.node_id).cloned());
+        let http = config.advertised_http();
         if let Some(n) = registered {
-            if n.addr == config.advertise && n.http_addr.as_deref() == Some(config.http.as_str()) {
+            if n.addr == config.advertise && n.http_addr.as_deref() == Some(http.as_str()) {
                 tracing::info!(node = config.node_id, "registered in the cluster metadata");
                 return;
             }
@@ -86,7 +90,7 @@ pub async fn register(api: Api, config: NodeConfig) {
             .register_node_via_controller(
                 config.node_id,
                 config.advertise.clone(),
-                Some(config.http.clone()),
+                Some(http.clone()),
             )
             .await
         {
@@ -111,8 +115,10 @@ pub async fn register(api: Api, config: NodeConfig) {
 pub async fn reconcile_loop(api: Api) {
     let mut watch = api.meta().state().watch_applied();
     let mut opened: BTreeSet<GroupId> = BTreeSet::new();
+    let mut swept_version = None;
     loop {
         reconcile_once(&api, &mut opened).await;
+        sweep_deleted_topics(&api, &mut swept_version).await;
         tokio::select! {
             biased;
             changed = watch.changed() => {
@@ -184,6 +190,117 @@ async fn reconcile_once(api: &Api, opened: &mut BTreeSet<GroupId>) {
                 tracing::info!(group = %gid, "partition group deleted");
             }
             Err(e) => tracing::warn!(group = %gid, error = %e, "deleting partition group"),
+        }
+    }
+}
+
+/// Deletes the on-disk data of partition groups whose topic has been deleted and that this
+/// node is not running (their topic was deleted while the node was down, so the reconciler
+/// never opened them). Runs once per metadata version.
+async fn sweep_deleted_topics(api: &Api, swept_version: &mut Option<u64>) {
+    let version = api.meta().state().read().metadata().map(|m| m.version());
+    if version.is_none() || version == *swept_version {
+        return;
+    }
+    let raft = api.raft().clone();
+    let mut failed = false;
+    for gid in raft.groups_on_disk().await {
+        if gid.is_metadata() || raft.group(gid).is_some() {
+            continue;
+        }
+        let deleted = api
+            .meta()
+            .state()
+            .read()
+            .metadata()
+            .is_some_and(|m| m.is_deleted_topic_id(gid.topic_id()));
+        if !deleted || !raft.group_has_data(gid).await {
+            continue;
+        }
+        match raft.delete_group(gid).await {
+            Ok(()) => {
+                tracing::info!(group = %gid, "deleted the data of a deleted topic's partition")
+            }
+            Err(e) => {
+                failed = true;
+                tracing::warn!(group = %gid, error = %e, "deleting a deleted topic's partition data");
+            }
+        }
+    }
+    if !failed {
+        *swept_version = version;
+    }
+}
+
+/// How often a node checks whether to hand partitions back to their preferred replicas.
+pub const REBALANCE_TICK: Duration = Duration::from_secs(3);
+/// A preferred replica gets leadership back only after it was seen alive and fully caught up
+/// in this many consecutive checks: a node that just restarted settles first.
+pub const REBALANCE_STABLE_CHECKS: u32 = 2;
+/// A peer counts as alive if it answered a liveness ping this recently.
+pub const REBALANCE_ALIVE_WITHIN: Duration = Duration::from_secs(2);
+/// Most leadership transfers one node starts per check: spreads a restarted node's
+/// elections over a few seconds instead of one burst.
+pub const REBALANCE_TRANSFERS_PER_CHECK_MAX: usize = 16;
+
+/// Hands the partitions this node leads back to their preferred replica (the first replica
+/// in placement, which placement spreads evenly) once that node is alive (answers liveness
+/// pings) and its log has caught up with this leader's, in [`REBALANCE_STABLE_CHECKS`]
+/// consecutive checks. After a node restarts, leadership thus returns to it and partitions
+/// are spread again. Needs quiescence pings for liveness (on by default); without them it
+/// does nothing.
+pub async fn rebalance_loop(api: Api) {
+    let mut stable: BTreeMap<GroupId, u32> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(REBALANCE_TICK).await;
+        rebalance_once(&api, &mut stable).await;
+    }
+}
+
+async fn rebalance_once(api: &Api, stable: &mut BTreeMap<GroupId, u32>) {
+    let me = api.settings().node_id;
+    let raft = api.raft().clone();
+    let mut eligible: BTreeMap<GroupId, NodeId> = BTreeMap::new();
+    for gid in raft.led_groups() {
+        if gid.is_metadata() {
+            continue;
+        }
+        let Some(g) = raft.group(gid) else { continue };
+        let preferred = api
+            .meta()
+            .state()
+            .read()
+            .metadata()
+            .and_then(|m| m.partition_by_group_id(gid.0))
+            .and_then(|(_, p)| p.replicas.first().copied());
+        let Some(preferred) = preferred.filter(|p| *p != me) else {
+            continue;
+        };
+        let m = g.metrics();
+        let caught_up = m.is_leader
+            && m.voters.contains(&preferred)
+            && m.follower_lag.get(&preferred) == Some(&0);
+        let alive = raft.peer_alive(preferred, REBALANCE_ALIVE_WITHIN) == Some(true);
+        if caught_up && alive {
+            eligible.insert(gid, preferred);
+        }
+    }
+    stable.retain(|gid, _| eligible.contains_key(gid));
+    let mut started = 0;
+    for (gid, preferred) in eligible {
+        let seen = stable.entry(gid).or_insert(0);
+        *seen += 1;
+        if *seen < REBALANCE_STABLE_CHECKS || started >= REBALANCE_TRANSFERS_PER_CHECK_MAX {
+            continue;
+        }
+        let Some(g) = raft.group(gid) else { continue };
+        match g.transfer_leader(preferred).await {
+            Ok(()) => {
+                started += 1;
+                stable.remove(&gid);
+                tracing::info!(group = %gid, to = preferred, "handing leadership back to the preferred replica");
+            }
+            Err(e) => tracing::debug!(group = %gid, error = %e, "leadership transfer refused"),
         }
     }
 }

@@ -357,6 +357,13 @@ impl MetadataState {
         self.groups.get(topic)?.get(group).copied()
     }
 
+    /// Whether topic id `id` belonged to a topic that has been deleted: it was handed out
+    /// (ids are never reused) and no current topic has it. Data of such a topic's partition
+    /// groups can be deleted without risk, even by a node whose metadata is behind.
+    pub fn is_deleted_topic_id(&self, id: u32) -> bool {
+        id != 0 && id < self.next_topic_id && !self.topic_ids.contains_key(&id)
+    }
+
     /// Resolves a partition's Raft group id to its topic and partition.
     pub fn partition_by_group_id(&self, group_id: GroupId) -> Option<(&TopicInfo, &PartitionInfo)> {
         let (topic_id, partition) = decode_group_id(group_id)?;
@@ -683,6 +690,25 @@ mod tests {
             matches!(response, MetaResponse::Err(MetaError::InvalidConfig { .. })),
             "{response:?}"
         );
+    }
+
+    #[test]
+    fn deleted_topic_ids_are_known_as_deleted_and_only_those() {
+        let mut state = cluster(3);
+        assert!(!state.is_deleted_topic_id(1), "never handed out");
+        assert!(matches!(
+            state.apply(&create("a", TopicConfig::default())),
+            MetaResponse::TopicCreated(_)
+        ));
+        let id = state.topic("a").map(|t| t.id).expect("created");
+        assert!(!state.is_deleted_topic_id(id), "still exists");
+        assert_eq!(
+            state.apply(&MetaCommand::DeleteTopic { name: "a".into() }),
+            MetaResponse::Ok
+        );
+        assert!(state.is_deleted_topic_id(id));
+        assert!(!state.is_deleted_topic_id(id + 1), "not handed out yet");
+        assert!(!state.is_deleted_topic_id(0), "the metadata group");
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub struct RecordMeta<'a> {
     pub not_before_ms: Option<u64>,
     /// Higher is delivered first.
     pub priority: u8,
+    /// Only this queue group holds the task (a dead letter requeued from the dead-letter
+    /// topic for the group it failed in); `None` = every queue group, as usual.
+    pub group: Option<&'a str>,
 }
 
 /// The producer fields of a batch header.
@@ -696,6 +699,15 @@ impl PartitionState {
                 not_before_ms: record.not_before_ms,
                 priority: record.priority,
             };
+            if let Some(target) = record.group {
+                // Held by its target group only; nobody else ever sees it (if the group is
+                // gone, the task is done at once, like a task acked by every group).
+                if let Some(Group::Queue(q)) = self.groups.get_mut(target) {
+                    self.tasks.insert(offset, RetainedTask { meta, holders: 1 });
+                    q.hold(offset, &meta, now_ms);
+                }
+                continue;
+            }
             if queue_groups == 0 {
                 self.unclaimed.insert(offset, meta);
                 continue;
@@ -1550,6 +1562,7 @@ mod tests {
             key: Some(b"k"),
             not_before_ms,
             priority,
+            group: None,
         }
     }
 
@@ -1643,6 +1656,52 @@ mod tests {
 
     fn offsets(tasks: &[LeasedTask]) -> Vec<u64> {
         tasks.iter().map(|t| t.offset).collect()
+    }
+
+    #[test]
+    fn a_task_for_one_group_is_held_by_that_group_only() {
+        let mut p = setup(0, 3);
+        ensure(&mut p, "other", GroupMode::Queue, config(3));
+        let targeted = |group| RecordMeta {
+            key: None,
+            not_before_ms: None,
+            priority: 0,
+            group: Some(group),
+        };
+        let base = p.next_offset();
+        let out = p.apply_produce(
+            base,
+            0,
+            anon(3),
+            [targeted(G), targeted("gone"), rec(0, None)].into_iter(),
+        );
+        assert_eq!(
+            out,
+            ProduceOutcome::Appended {
+                base_offset: 0,
+                count: 3
+            }
+        );
+        // G holds its own task and the untargeted one; "other" only the untargeted one; the
+        // task for a group that does not exist is done at once.
+        assert_eq!(p.group_stats(G, 0).map(|s| s.ready), Some(2));
+        assert_eq!(p.group_stats("other", 0).map(|s| s.ready), Some(1));
+        assert_eq!(
+            p.task_state("other", 0).map(|t| t.status),
+            Some(TaskStatus::Acked)
+        );
+        assert_eq!(
+            p.task_state(G, 1).map(|t| t.status),
+            Some(TaskStatus::Acked)
+        );
+        let leased = lease(&mut p, 0, "w", 10);
+        assert_eq!(offsets(&leased), vec![0, 2]);
+        for t in &leased {
+            assert_eq!(ack(&mut p, 0, t.token), QueueResult::Ok);
+        }
+        assert_eq!(p.group_stats(G, 0).map(|s| s.lag), Some(0));
+        // Offset 0 was only G's: gone from the retained tasks once G acked it.
+        assert_eq!(p.retention_floor(), 2);
     }
 
     #[test]
@@ -2308,6 +2367,7 @@ mod model_tests {
                         key: None,
                         not_before_ms: not_before,
                         priority: *priority,
+                        group: None,
                     });
                     p.apply_produce(
                         base,
