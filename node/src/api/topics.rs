@@ -4,14 +4,17 @@
 //! (forwarded there by other nodes), which fills in defaults, places partitions and proposes.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use taskbroker_client::proto::{
     ApiError, ClusterMeta, ClusterStatus, GroupMode, NodeId, NodeMeta, PartitionMeta, TopicMeta,
     TopicSpec,
 };
+
 use taskbroker_raft::state_machine::metadata::{
-    MetaCommand, MetaError, MetaResponse, NodeInfo, TopicConfig, TopicInfo, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_PARTITIONS, DEFAULT_REPLICATION_FACTOR, DEFAULT_VISIBILITY_TIMEOUT_MS,
+    MetaCommand, MetaError, MetaResponse, MetadataState, NodeInfo, TopicConfig, TopicInfo,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_PARTITIONS, DEFAULT_REPLICATION_FACTOR,
+    DEFAULT_VISIBILITY_TIMEOUT_MS,
 };
 use taskbroker_raft::state_machine::placement::{place, PlacementError};
 use taskbroker_raft::{Command, GroupId, Response};
@@ -23,6 +26,9 @@ use super::{to_raft_mode, Api};
 pub const LAGGING_REPLICA_ENTRIES_MIN: u64 = 100;
 /// How long `cluster status` waits for another node's replica lag.
 pub const STATUS_PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a node waits for its own metadata replica to show a write it forwarded.
+const LOCAL_META_WAIT: Duration = Duration::from_secs(5);
 
 fn meta_err(e: MetaError) -> ApiError {
     match e {
@@ -281,23 +287,45 @@ impl Api {
         spec: TopicSpec,
     ) -> Result<TopicMeta, ApiError> {
         let (n, s) = (name.clone(), spec.clone());
-        self.on_controller(self.create_topic_local(name, spec), |c, ctx| async move {
-            c.create_topic(ctx, n, s).await
-        })
-        .await
+        let r = self
+            .on_controller(
+                self.create_topic_local(name.clone(), spec),
+                |c, ctx| async move { c.create_topic(ctx, n, s).await },
+            )
+            .await?;
+        self.await_local_meta(|m| m.topic(&name).is_some()).await;
+        Ok(r)
     }
 
     pub(super) async fn do_delete_topic(&self, name: String) -> Result<(), ApiError> {
         let n = name.clone();
         self.on_controller(
             async {
-                self.meta_write(MetaCommand::DeleteTopic { name })
+                self.meta_write(MetaCommand::DeleteTopic { name: name.clone() })
                     .await
                     .map(|_| ())
             },
             |c, ctx| async move { c.delete_topic(ctx, n).await },
         )
-        .await
+        .await?;
+        self.await_local_meta(|m| m.topic(&name).is_none()).await;
+        Ok(())
+    }
+
+    /// Read-your-writes through this node: after a metadata write forwarded to the leader
+    /// succeeded, waits (bounded) until this node's own copy of the metadata shows it, so a
+    /// describe or list sent to the same node right after sees the change. Returns at once on
+    /// the leader (it applied the write before answering); after the bound it returns anyway
+    /// (the write is committed; only this replica is slow).
+    async fn await_local_meta(&self, done: impl Fn(&MetadataState) -> bool) {
+        let deadline = tokio::time::Instant::now() + LOCAL_META_WAIT;
+        while !self.with_meta(&done).unwrap_or(false) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::debug!("local metadata did not show a forwarded write in time");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     async fn add_partitions_local(&self, name: String, count: u32) -> Result<TopicMeta, ApiError> {
@@ -334,11 +362,19 @@ impl Api {
         count: u32,
     ) -> Result<TopicMeta, ApiError> {
         let n = name.clone();
-        self.on_controller(
-            self.add_partitions_local(name, count),
-            |c, ctx| async move { c.add_partitions(ctx, n, count).await },
-        )
-        .await
+        let r = self
+            .on_controller(
+                self.add_partitions_local(name.clone(), count),
+                |c, ctx| async move { c.add_partitions(ctx, n, count).await },
+            )
+            .await?;
+        let want = r.partitions.len() as u32;
+        self.await_local_meta(|m| {
+            m.topic(&name)
+                .is_some_and(|t| t.partitions.len() as u32 >= want)
+        })
+        .await;
+        Ok(r)
     }
 
     pub(super) async fn do_create_group(
@@ -356,8 +392,8 @@ impl Api {
         self.on_controller(
             async {
                 self.meta_write(MetaCommand::CreateGroup {
-                    topic,
-                    group,
+                    topic: topic.clone(),
+                    group: group.clone(),
                     mode: to_raft_mode(mode),
                 })
                 .await
@@ -365,6 +401,9 @@ impl Api {
             },
             |c, ctx| async move { c.create_group(ctx, t, g, mode).await },
         )
-        .await
+        .await?;
+        self.await_local_meta(|m| m.group_mode(&topic, &group).is_some())
+            .await;
+        Ok(())
     }
 }
