@@ -6,7 +6,7 @@ CARGO ?= cargo
 NODES ?= 3
 
 .PHONY: help build run test verify fmt clippy doc nextest sim bench-compile clean-target \
-	image run-dev run-cluster stop clean logs bench rolling-restart rolling-restart-test chaos chaos-if-docker compose-check
+	image run-dev run-cluster stop clean logs bench bench-micro rolling-restart rolling-restart-test chaos chaos-if-docker compose-check
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -74,7 +74,10 @@ clean: ## Stop DEPLOY and DELETE ALL ITS DATA (every task in its volumes); asks 
 logs: ## Follow the logs of the Docker deployment DEPLOY
 	$(COMPOSE) logs -f --tail=200
 
-bench: ## Run the benchmarks (criterion; storage/BENCHMARKS.md)
+bench: ## The benchmark suite: 3-node taskbroker vs NATS JetStream on loopback; writes BENCHMARKS.md
+	bench/run.sh
+
+bench-micro: ## Run the criterion micro-benchmarks (storage/BENCHMARKS.md)
 	$(CARGO) bench --workspace
 
 rolling-restart: ## Restart DEPLOY's nodes one at a time (each ready and caught up before the next)

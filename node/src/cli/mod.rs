@@ -1,5 +1,5 @@
 //! The binary's subcommands: `serve` runs a node, `local` a whole loopback cluster, and the
-//! client commands (`topic`, `produce`, `consume`, `work`, `group`, `cluster`) talk to a
+//! client commands (`topic`, `produce`, `consume`, `work`, `group`, `cluster`, `bench`) talk to a
 //! cluster through the `taskbroker-client` library.
 //!
 //! # Design notes
@@ -8,6 +8,7 @@
 //!   (usage errors exit 2, from clap).
 
 pub mod admin;
+pub mod bench;
 pub mod common;
 pub mod consume;
 pub mod local;
@@ -48,6 +49,8 @@ pub enum Command {
     Group(admin::GroupArgs),
     /// Cluster status: nodes, metadata leader, partition leaders, lagging replicas.
     Cluster(admin::ClusterArgs),
+    /// Load generators (produce, work, e2e): throughput, latency percentiles, CPU per task.
+    Bench(bench::BenchArgs),
 }
 
 impl Command {
@@ -71,6 +74,7 @@ impl Command {
             Command::Work(a) => consume::work(a).await,
             Command::Group(a) => admin::group(a).await,
             Command::Cluster(a) => admin::cluster(a).await,
+            Command::Bench(a) => bench::run(a).await,
             Command::Serve(_) | Command::Local(_) => {
                 unreachable!("serve and local are not client commands")
             }
