@@ -110,7 +110,7 @@ def main():
               "and Debian bookworm ships 2.9.10. JetStream 2.9 has no way to fsync before "
               "acknowledging: its default flushes to the OS on write and fsyncs on a timer.")
     w(f"- Counts: {m['tasks_1k']} tasks of 1 KiB and {m['tasks_16k']} tasks of 16 KiB per run "
-      "(each run capped at 90 s). Latency: HdrHistogram, ms. Rate-limited runs measure from "
+      "(each run capped at BENCH_RUN_LIMIT_S, 30 s by default: a run that hit the cap reports the tasks it completed). Latency: HdrHistogram, ms. Rate-limited runs measure from "
       "each task's scheduled send time (no coordinated omission).")
     w("- CPU µs per task: utime+stime from `/proc/<pid>/stat` of every server process plus the "
       "benchmark client, over the measured phase, divided by tasks completed (servers + client).\n")

@@ -9,7 +9,7 @@
 # and 32 workers; e2e at peak and at 50% of peak), keeps every JSON report under
 # bench/results/<label>/ and writes BENCHMARKS.md (bench/report.py).
 #
-# Env: BENCH_TASKS_1K (50000), BENCH_TASKS_16K (10000), BENCH_SYSTEMS (all three),
+# Env: BENCH_TASKS_1K (20000), BENCH_TASKS_16K (5000), BENCH_RUN_LIMIT_S (30, per run), BENCH_SYSTEMS (all three),
 #      BENCH_LABEL (results folder, default "latest"), BENCH_OUT (BENCHMARKS.md at the root),
 #      BENCH_NO_BUILD=1 (use the binaries already built), BENCH_BASE_PORT (17101),
 #      BENCH_BASELINE (an earlier results label: adds a before/after table).
@@ -17,17 +17,19 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; root="$(cd "$here/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/taskbroker/target}"
 CARGO="${CARGO:-cargo}"
-TASKS_1K="${BENCH_TASKS_1K:-50000}"
-TASKS_16K="${BENCH_TASKS_16K:-10000}"
+TASKS_1K="${BENCH_TASKS_1K:-20000}"
+TASKS_16K="${BENCH_TASKS_16K:-5000}"
 SYSTEMS="${BENCH_SYSTEMS:-taskbroker jetstream-default jetstream-always}"
 LABEL="${BENCH_LABEL:-latest}"
 OUT="${BENCH_OUT:-$root/BENCHMARKS.md}"
 BASE="${BENCH_BASE_PORT:-17101}"
 # Longest a single run may take (each run stops there and reports what it completed).
-RUN_LIMIT_S=90
+RUN_LIMIT_S="${BENCH_RUN_LIMIT_S:-30}"
 results="$root/bench/results/$LABEL"
-TB="$CARGO_TARGET_DIR/release/taskbroker"
-JS="$CARGO_TARGET_DIR/release/taskbroker-jsbench"
+# The shared target directory may be rebuilt by someone else meanwhile: BENCH_TB_BIN and
+# BENCH_JS_BIN point at copies to measure exactly one build.
+TB="${BENCH_TB_BIN:-$CARGO_TARGET_DIR/release/taskbroker}"
+JS="${BENCH_JS_BIN:-$CARGO_TARGET_DIR/release/taskbroker-jsbench}"
 work="$(mktemp -d /tmp/taskbroker-bench.XXXXXX)"
 pids_to_stop=()
 log() { echo "bench: $(date +%H:%M:%S) $*" >&2; }
@@ -51,7 +53,7 @@ if [[ "$SYSTEMS" == *jetstream* ]] && ! command -v nats-server >/dev/null; then
 fi
 
 mkdir -p "$results"
-rm -f "$results"/*.json
+for sys in $SYSTEMS; do rm -f "$results/$sys"-*; done
 json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=d
 for k in sys.argv[2].split("."): v=v[k]
 print(v)' "$1" "$2"; }

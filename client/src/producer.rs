@@ -2,8 +2,10 @@
 //!
 //! # Design notes
 //! - A background task per producer owns the open batches (one per partition). A batch is
-//!   sealed when the next task would not fit in `batch_bytes_max` or when its first task has
-//!   waited `linger`; [`Producer::flush`] seals all of them at once.
+//!   sealed when the next task would not fit in `batch_bytes_max`, or when its first task has
+//!   waited `linger` and the partition has no batch in flight or waiting (else it keeps
+//!   filling until the partition is free: batches grow with the load instead of queueing up
+//!   as many small ones); [`Producer::flush`] seals all of them at once.
 //! - Idempotence: a producer has a random id; each partition has a sequence counter. A batch
 //!   gets its `first_sequence` when it is opened and keeps its encoded bytes until answered, so
 //!   every retry (after a timeout, a lost answer, a leader change) presents the same
@@ -500,8 +502,9 @@ impl Producer {
             (None, None) => None,
         };
         let record = TaskRecord {
-            key: task.key.map(|k| k.to_vec()),
-            payload: task.payload.to_vec(),
+            // Zero-copy when the payload is a uniquely owned buffer (e.g. from a Vec).
+            key: task.key.map(Vec::from),
+            payload: Vec::from(task.payload),
             headers: task.headers,
             timestamp_ms: now_ms,
             not_before_ms,
@@ -648,9 +651,11 @@ impl Sender {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut open = true;
         loop {
+            // A busy partition's open batch waits for its turn, not for its linger.
             let next_deadline = self
                 .parts
                 .values()
+                .filter(|p| !p.is_busy())
                 .filter_map(|p| p.open.as_ref().map(|o| o.deadline))
                 .min();
             tokio::select! {
@@ -724,12 +729,14 @@ impl Sender {
         }
     }
 
+    /// Seals every open batch (`None`: flush), or those whose linger ended by `expired_at`
+    /// on partitions that are not busy (see [`Part::is_busy`]).
     fn seal_all(&mut self, expired_at: Option<Instant>) {
         for part in self.parts.values_mut() {
             let due = match (&part.open, expired_at) {
                 (None, _) => false,
                 (Some(_), None) => true,
-                (Some(o), Some(now)) => o.deadline <= now,
+                (Some(o), Some(now)) => o.deadline <= now && !part.is_busy(),
             };
             if due {
                 seal(part);
@@ -761,6 +768,15 @@ impl Sender {
             return;
         };
         let waiters = part.in_flight.take().unwrap_or_default();
+        // What gathered while the partition was busy goes out now if its linger is over.
+        if !part.is_busy()
+            && part
+                .open
+                .as_ref()
+                .is_some_and(|o| o.deadline <= Instant::now())
+        {
+            seal(part);
+        }
         match result {
             Ok(resp) => {
                 if resp.duplicate {
@@ -787,6 +803,14 @@ impl Sender {
 }
 
 impl Part {
+    /// A batch is in flight or sealed and waiting. Why it matters: only one batch per
+    /// partition is in flight, so sealing a small batch on linger while the partition is busy
+    /// would only queue it behind the others; keeping it open lets it grow until the partition
+    /// is free (one Raft entry and one fsync for all of them), so batches adapt to the load.
+    fn is_busy(&self) -> bool {
+        self.in_flight.is_some() || !self.ready.is_empty()
+    }
+
     fn is_idle(&self) -> bool {
         self.open.is_none() && self.ready.is_empty() && self.in_flight.is_none()
     }
@@ -1011,6 +1035,47 @@ mod tests {
         assert!(headers(&s, 0).is_empty(), "not sealed before the linger");
         s.seal_all(Some(now + linger));
         assert_eq!(headers(&s, 0).len(), 1, "sealed at the linger");
+    }
+
+    #[test]
+    fn a_busy_partition_keeps_filling_its_batch_past_the_linger() {
+        let sem = Arc::new(Semaphore::new(10));
+        let now = Instant::now();
+        // Zero linger: every deadline has passed by the time it is checked.
+        let mut s = sender(1 << 20, Duration::ZERO);
+        let (pe, _rx1) = pending(&sem, 0, b"a");
+        s.push(pe, now);
+        s.seal_all(Some(now));
+        assert_eq!(
+            headers(&s, 0).len(),
+            1,
+            "an idle partition seals at the linger"
+        );
+        // The first batch goes out; the partition is busy from now on.
+        let part = s.parts.get_mut(&("t".to_string(), 0)).expect("part");
+        let first = part.ready.pop_front().expect("sealed");
+        part.in_flight = Some(first.waiters);
+        let (pe, _rx2) = pending(&sem, 0, b"b");
+        s.push(pe, now);
+        let (pe, _rx3) = pending(&sem, 0, b"c");
+        s.push(pe, now);
+        s.seal_all(Some(now + Duration::from_secs(1)));
+        let part = &s.parts[&("t".to_string(), 0)];
+        assert!(part.ready.is_empty(), "not sealed while busy");
+        assert_eq!(part.open.as_ref().map(|o| o.waiters.len()), Some(2));
+        // The answer frees the partition: the grown batch is sealed at once.
+        s.complete(
+            ("t".to_string(), 0),
+            Ok(ProduceResponse {
+                base_offset: 0,
+                count: 1,
+                duplicate: false,
+            }),
+        );
+        assert!(s.parts[&("t".to_string(), 0)].open.is_none());
+        let h = headers(&s, 0);
+        assert_eq!(h.len(), 1);
+        assert_eq!((h[0].record_count, h[0].first_sequence), (2, 1));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   its worker is alive. A crashed worker stops extending and its tasks come back after the
 //!   visibility timeout.
 //! - Acks, nacks and extends go through a settler task that batches them per partition (one
-//!   `settle` RPC carries many items).
+//!   `settle` RPC carries many items); it lingers for more only while other tasks in hand may
+//!   still settle, so a one-task-at-a-time worker's ack leaves at once.
 //! - A [`LeasedTask`] dropped without being settled is released (nack with no delay), so a
 //!   panicking handler never leaks a lease until expiry.
 
@@ -27,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::batch::{aligned_copy, BatchView};
+use crate::batch::{aligned_copy, BatchView, BODY_ALIGN};
 use crate::client::{Client, Route};
 use crate::error::{Error, Result};
 use crate::proto::{self, FetchRequest, FetchResponse, GroupMode, Settle, SettleRequest};
@@ -46,6 +47,11 @@ pub const SETTLE_BATCH_MAX: usize = 1024;
 pub const SETTLE_QUEUE_MAX: usize = 4096;
 /// How long the settler waits for more acks to share an RPC.
 pub const SETTLE_LINGER: Duration = Duration::from_millis(2);
+/// A busy worker fetches again once `1 / FETCH_LOW_WATER_DIVISOR` of its slots are free.
+const FETCH_LOW_WATER_DIVISOR: usize = 4;
+/// Longest a busy worker waits for that many free slots before fetching anyway. Why: bounds
+/// how long buffered work can run dry while waiting.
+const FETCH_GATHER_MAX: Duration = Duration::from_millis(20);
 /// Shortest automatic-extension period (for very short visibility timeouts).
 const EXTEND_PERIOD_MIN: Duration = Duration::from_millis(50);
 
@@ -254,6 +260,7 @@ impl WorkerBuilder {
             worker_id: worker_id.clone(),
             visibility,
             concurrency: self.concurrency,
+            capacity,
             shutdown_timeout: self.shutdown_timeout,
             registry: Mutex::new(BTreeMap::new()),
             settle_tx,
@@ -291,6 +298,8 @@ struct Shared {
     worker_id: String,
     visibility: Duration,
     concurrency: usize,
+    /// Tasks leased at most (`concurrency + prefetch`).
+    capacity: usize,
     shutdown_timeout: Duration,
     /// Leased, unsettled tasks: their current tokens (extended automatically).
     registry: Mutex<BTreeMap<LeaseKey, LeaseToken>>,
@@ -785,17 +794,26 @@ async fn settle_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<SettleOp>) {
     let weak = Arc::downgrade(&shared);
     drop(shared);
     while let Some(first) = rx.recv().await {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
         let mut ops = vec![first];
         let deadline = tokio::time::Instant::now() + SETTLE_LINGER;
         while ops.len() < SETTLE_BATCH_MAX {
+            // Linger only while other tasks in hand may still settle: a worker processing
+            // one task at a time would otherwise add the linger to every ack.
+            if let Ok(op) = rx.try_recv() {
+                ops.push(op);
+                continue;
+            }
+            if tasks_in_hand(&shared) <= ops.len() {
+                break;
+            }
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(op)) => ops.push(op),
                 Ok(None) | Err(_) => break,
             }
         }
-        let Some(shared) = weak.upgrade() else {
-            return;
-        };
         let mut by_partition: BTreeMap<u32, Vec<SettleOp>> = BTreeMap::new();
         for op in ops {
             by_partition.entry(op.partition).or_default().push(op);
@@ -839,6 +857,13 @@ async fn settle_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<SettleOp>) {
         });
         futures::future::join_all(calls).await;
     }
+}
+
+/// Tasks handed to the application and not yet released (their settles may be coming).
+fn tasks_in_hand(shared: &Shared) -> usize {
+    shared
+        .concurrency
+        .saturating_sub(shared.handed.available_permits())
 }
 
 /// Extends the leases of every leased, unsettled task every third of the visibility timeout.
@@ -899,6 +924,21 @@ async fn fetch_loop(
             },
         };
         let mut permits = first;
+        // Hysteresis: while enough tasks are buffered, wait (briefly) until a quarter of the
+        // slots are free, so a busy worker leases many tasks per fetch instead of one per ack
+        // (each fetch is a Raft entry and ships the tasks' stored batches).
+        let want = (shared.capacity / FETCH_LOW_WATER_DIVISOR).max(1);
+        let queued = buffer.max_capacity() - buffer.capacity();
+        let free = 1 + shared.slots.available_permits();
+        if queued >= want && free < want {
+            let more = shared
+                .slots
+                .clone()
+                .acquire_many_owned((want - free) as u32);
+            if let Ok(Ok(more)) = tokio::time::timeout(FETCH_GATHER_MAX, more).await {
+                permits.merge(more);
+            }
+        }
         let extra = shared
             .slots
             .available_permits()
@@ -1009,19 +1049,37 @@ async fn fetch(
 /// Turns a fetch answer into tasks, registering each lease. Leases whose record cannot be
 /// found in the answer's batches are logged and left to expire.
 fn decode(shared: &Arc<Shared>, partition: u32, response: FetchResponse) -> Vec<LeasedTask> {
+    // Copied only when misaligned, and validated (checksum over the whole batch) once per
+    // batch, not once per leased task: a fetch often leases many tasks of one large batch.
     let batches: Vec<(u64, Bytes)> = response
         .batches
         .into_iter()
-        .map(|b| (b.base_offset, aligned_copy(&b.bytes)))
+        .map(|b| {
+            let bytes = if (b.bytes.as_ptr() as usize).is_multiple_of(BODY_ALIGN) {
+                b.bytes
+            } else {
+                aligned_copy(&b.bytes)
+            };
+            (b.base_offset, bytes)
+        })
+        .collect();
+    let views: Vec<(u64, &Bytes, BatchView<'_>)> = batches
+        .iter()
+        .filter_map(|(base, bytes)| match BatchView::new(bytes) {
+            Ok(v) => Some((*base, bytes, v)),
+            Err(e) => {
+                warn!(partition, base_offset = base, error = %e, "fetched batch is invalid");
+                None
+            }
+        })
         .collect();
     let mut tasks = Vec::with_capacity(response.leases.len());
     for lease in response.leases {
         let token = LeaseToken::from_proto(lease.token);
-        let found = batches.iter().find_map(|(base, bytes)| {
-            let view = BatchView::new(bytes).ok()?;
+        let found = views.iter().find_map(|(base, bytes, view)| {
             let index = token.offset.checked_sub(*base)?;
             let record = view.record(usize::try_from(index).ok()?)?;
-            Some((bytes, record))
+            Some((*bytes, record))
         });
         let Some((bytes, record)) = found else {
             warn!(

@@ -46,7 +46,15 @@ fn bench_produce_and_e2e_report_throughput_latency_and_cpu() {
 
     let r = bench(
         &cluster,
-        &["produce", "--tasks", "300", "--size", "256", "--producers", "2"],
+        &[
+            "produce",
+            "--tasks",
+            "300",
+            "--size",
+            "256",
+            "--producers",
+            "2",
+        ],
     );
     assert_eq!(r["workload"], "produce");
     assert_eq!(r["tasks"], 300);

@@ -390,7 +390,7 @@ async fn workers(servers: &[String], c: &Common, w: &WorkOpts, shared: &Arc<Shar
     for _ in 0..w.workers {
         let js = connect(servers).await?;
         let stream = js.get_stream(&c.stream).await.context("get stream")?;
-        let consumer: pull::Consumer = stream
+        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
             .get_or_create_consumer(
                 "bench",
                 pull::Config {

@@ -54,6 +54,8 @@ pub const STAMP_BYTES: usize = 8;
 pub const TASK_SIZE_MAX_BYTES: usize = 4 << 20;
 /// Most producers or workers. Why: each is a task with its own buffers.
 pub const CONCURRENCY_MAX: usize = 4096;
+/// Longest wait for a created topic's partitions to have leaders.
+const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Progress refresh period.
 const PROGRESS_TICK: Duration = Duration::from_millis(200);
 /// Longest wait for the cluster to answer a task before the run is declared failed.
@@ -619,6 +621,28 @@ async fn prepare_topic(client: &Client, common: &CommonOpts) -> Result<String, C
     match client.admin().create_topic(&topic, spec).await {
         Ok(_) | Err(ClientError::TopicConflict { .. }) => {}
         Err(e) => return Err(e.into()),
+    }
+    // A new topic's partitions elect their leaders after the create returns; producing before
+    // then fails with "unknown topic" on the node that does not know it yet.
+    let deadline = Instant::now() + TOPIC_READY_TIMEOUT;
+    loop {
+        // The node answering may not have applied the creation yet either.
+        let ready = match client.admin().describe_topic(&topic).await {
+            Ok(meta) => {
+                !meta.partitions.is_empty() && meta.partitions.iter().all(|p| p.leader.is_some())
+            }
+            Err(ClientError::UnknownTopic { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if ready {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Input(format!(
+                "topic {topic:?} has partitions without a leader after {TOPIC_READY_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     client.partition_count(&topic).await?;
     Ok(topic)

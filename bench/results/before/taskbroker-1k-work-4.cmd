@@ -1,0 +1,1 @@
+/tmp/tb-before bench --brokers 127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103 --output json work -n 20000 --size 1024 --workers 4 --duration 30s --pids 22559,22560,22563 --no-progress

@@ -1,0 +1,1 @@
+/tmp/jsbench --servers 127.0.0.1:17302,127.0.0.1:17303,127.0.0.1:17304 --output json work -n 5000 --size 16384 --workers 4 --duration-s 30 --pids 4239,4240,4243
