@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Renders BENCHMARKS.md from the JSON reports of bench/run.sh.
 
-usage: report.py RESULTS_DIR [BASELINE_DIR]
+usage: report.py RESULTS_DIR [BASELINE_DIR [AFTER_DIR]]
 
 RESULTS_DIR holds machine.json, <system>-<size>-<workload>.json (+ .cmd) files. With
-BASELINE_DIR (an earlier run of the same suite), a before/after table of taskbroker is added.
+BASELINE_DIR (an earlier run of the same suite), a before/after table of taskbroker is added,
+comparing it with AFTER_DIR (default RESULTS_DIR).
 bench/notes.md, when present, is appended verbatim (profiling findings written by hand).
 """
 import json
@@ -71,6 +72,7 @@ def ratio(a, b, key):
 def main():
     d = sys.argv[1]
     base = sys.argv[2] if len(sys.argv) > 2 else None
+    after = sys.argv[3] if len(sys.argv) > 3 else d
     m = json.load(open(os.path.join(d, "machine.json")))
     backend = ""
     bp = os.path.join(d, "taskbroker-backend.txt")
@@ -102,6 +104,10 @@ def main():
       "connection per producer and per worker, up to 4096 publishes awaiting their ack per "
       "producer; workers pull batches of 64, process one message at a time and `double_ack` "
       "it (the ack confirmed by the server).")
+    for s in SYSTEMS:
+        wp = os.path.join(d, s + "-when.txt")
+        if os.path.exists(wp):
+            w(f"- {NAMES[s]} measured at {open(wp).read().strip()} (at its start).")
     for s in SYSTEMS:
         sk = os.path.join(d, s + "-skipped.txt")
         if os.path.exists(sk):
@@ -173,11 +179,18 @@ def main():
 
     if base:
         w("## Before / after the hot-path fixes (taskbroker)\n")
+        mb = json.load(open(os.path.join(base, "machine.json")))
+        ma = json.load(open(os.path.join(after, "machine.json")))
+        w(f"Before: `bench/results/{os.path.basename(os.path.normpath(base))}/` ({mb['date_utc']}, git "
+          f"`{mb['git_rev']}`, load {' '.join(mb.get('load_before') or [])}); after: "
+          f"`bench/results/{os.path.basename(os.path.normpath(after))}/` ({ma['date_utc']}, load "
+          f"{' '.join(ma.get('load_before') or [])}). Same suite, same machine; the machine was "
+          "loaded by other builds during both, so differences of less than ~30% are noise.\n")
         w("| run | before tasks/s | after tasks/s | before p99 ms | after p99 ms | before CPU µs/task | after CPU µs/task |")
         w("|---|---|---|---|---|---|---|")
         for size in SIZES:
             for wl, _ in WORKLOADS:
-                a, b = load(base, f"taskbroker-{size}-{wl}"), load(d, f"taskbroker-{size}-{wl}")
+                a, b = load(base, f"taskbroker-{size}-{wl}"), load(after, f"taskbroker-{size}-{wl}")
                 if a and b:
                     w(f"| {wl} {size} | {a['tasks_per_s']:.0f} | {b['tasks_per_s']:.0f} | "
                       f"{ms(a['latency']['p99_us'])} | {ms(b['latency']['p99_us'])} | "

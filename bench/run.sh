@@ -12,7 +12,8 @@
 # Env: BENCH_TASKS_1K (20000), BENCH_TASKS_16K (5000), BENCH_RUN_LIMIT_S (30, per run), BENCH_SYSTEMS (all three),
 #      BENCH_LABEL (results folder, default "latest"), BENCH_OUT (BENCHMARKS.md at the root),
 #      BENCH_NO_BUILD=1 (use the binaries already built), BENCH_BASE_PORT (17101),
-#      BENCH_BASELINE (an earlier results label: adds a before/after table).
+#      BENCH_BASELINE (an earlier results label: adds a before/after table against BENCH_AFTER,
+#      another label, default this run).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; root="$(cd "$here/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/taskbroker/target}"
@@ -185,6 +186,7 @@ bench_jetstream() {
 
 machine
 for sys in $SYSTEMS; do
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)" > "$results/$sys-when.txt"
   case "$sys" in
     taskbroker) bench_taskbroker ;;
     jetstream-default) bench_jetstream jetstream-default default ;;
@@ -197,5 +199,6 @@ import json, sys
 m = json.load(open(sys.argv[1])); m['load_after'] = open('/proc/loadavg').read().split()[:3]
 json.dump(m, open(sys.argv[1], 'w'), indent=1)
 EOF
-python3 "$here/report.py" "$results" ${BENCH_BASELINE:+"$root/bench/results/$BENCH_BASELINE"} > "$OUT"
+python3 "$here/report.py" "$results" ${BENCH_BASELINE:+"$root/bench/results/$BENCH_BASELINE"} \
+  ${BENCH_AFTER:+"$root/bench/results/$BENCH_AFTER"} > "$OUT"
 log "wrote $OUT"
