@@ -5,7 +5,7 @@
 //! - `produce`: `--producers` [`Producer`]s enqueue `--tasks` tasks of `--size` bytes; latency
 //!   is from the moment a task is due (rate-limited mode) or enqueued (saturation) until its
 //!   commit is confirmed (replicated and fsynced by a quorum).
-//! - `work`: first loads `--tasks` tasks (not measured), then `--workers` [`Worker`]s lease and
+//! - `work`: first loads `--tasks` tasks (not measured), then `--workers` [`Worker`](taskbroker_client::Worker)s lease and
 //!   ack them; latency is from the moment a task is handed to the worker loop until its ack is
 //!   confirmed (including `--work-time-ms`).
 //! - `e2e`: producers and workers at once; latency is from the moment a task is due/enqueued to
