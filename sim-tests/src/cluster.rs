@@ -22,7 +22,7 @@
 //! only matters if a request runs into its deadline on the server.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +38,9 @@ use taskbroker_raft::{Command, GroupId, NodeId, RaftNode};
 use taskbroker_storage::io::SimDisk;
 use taskbroker_storage::LogConfig;
 
+use crate::committed::{frame_hash, CommittedEntries};
 use crate::env::{host_name, node_addr, FaultyDisk, SimClock, TurmoilTransport, SIM_EPOCH_MS};
+use crate::linearizability::{check_by_key, MetaOp, MetaResult, Operation, TopicModel, Verdict};
 use crate::nemesis::{self, Episode, Fault, FaultMix};
 use crate::oracle::{LeaseSeen, Oracle};
 use crate::trace::{sim_ms, Trace};
@@ -59,6 +61,17 @@ pub const SETTLE_MS: u64 = 60_000;
 const SIM_DURATION: Duration = Duration::from_secs(200);
 /// Leader sampling period, ms.
 const LEADER_SAMPLE_MS: u64 = 5;
+/// The topics the metadata clients create, delete and grow (each its own linearizable object).
+pub const META_TOPICS: [&str; 2] = ["m0", "m1"];
+/// How often the auditor reads every replica's committed log, ms.
+const AUDIT_MS: u64 = 500;
+/// Entries below a replica's last audited index that each audit reads again (so a committed
+/// entry that changes later on the same replica is seen).
+const AUDIT_REWIND: u64 = 32;
+/// Search budget of the linearizability check per topic.
+const LINEARIZABILITY_STEPS: u64 = 2_000_000;
+/// Most lines of one kind a report lists.
+const REPORT_LINES_MAX: usize = 20;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -73,6 +86,8 @@ pub struct SimOptions {
     pub force_crash_all: bool,
     /// Whether the nemesis injects faults at all.
     pub faults: bool,
+    /// Whether fault episodes of different lanes overlap (see [`nemesis::schedule`]).
+    pub overlap: bool,
 }
 
 impl SimOptions {
@@ -84,6 +99,7 @@ impl SimOptions {
             lie_about_fsync: false,
             force_crash_all: false,
             faults: true,
+            overlap: true,
         }
     }
 }
@@ -113,6 +129,15 @@ pub struct SimReport {
     pub trace_tail: String,
     /// Simulated time the run took, ms.
     pub sim_ms: u64,
+    /// The kind of every fault episode applied ([`Fault::kind`]).
+    pub fault_kinds: Vec<&'static str>,
+    /// The metadata history: topic name and operation (invocation and completion in simulated
+    /// ns), as checked for linearizability.
+    pub meta_history: Vec<(String, Operation<MetaOp, MetaResult>)>,
+    /// Distinct committed entries the auditor saw (all groups).
+    pub committed_entries: usize,
+    /// Replica reads of committed entries the auditor compared.
+    pub committed_observations: u64,
 }
 
 #[derive(Clone)]
@@ -122,6 +147,8 @@ struct SimNodeHandle {
     clock: SimClock,
     slot: RaftSlot,
     config: NodeConfig,
+    /// How many times the host's software started (the auditor re-reads a restarted replica).
+    starts: Arc<AtomicU64>,
 }
 
 impl SimNodeHandle {
@@ -199,6 +226,8 @@ pub fn run(opts: &SimOptions) -> SimReport {
     let flags = Arc::new(Flags::default());
     let violations = Arc::new(Mutex::new(Vec::<String>::new()));
     let known = Arc::new(Mutex::new(Vec::<String>::new()));
+    let committed = Arc::new(Mutex::new(CommittedEntries::default()));
+    let meta_history: MetaHistory = Arc::default();
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -217,6 +246,7 @@ pub fn run(opts: &SimOptions) -> SimReport {
                 clock: SimClock::default(),
                 slot: Arc::new(Mutex::new(None)),
                 config: node_config(id, &ids),
+                starts: Arc::default(),
             }
         })
         .collect();
@@ -225,6 +255,7 @@ pub fn run(opts: &SimOptions) -> SimReport {
         sim.host(host_name(n.id), move || {
             let n = n.clone();
             async move {
+                n.starts.fetch_add(1, Ordering::SeqCst);
                 let env = Env {
                     transport: Arc::new(TurmoilTransport),
                     disk: Arc::new(n.disk.clone()),
@@ -242,6 +273,7 @@ pub fn run(opts: &SimOptions) -> SimReport {
     // acked, then checks the replicas.
     {
         let known = known.clone();
+        let committed_d = committed.clone();
         let (trace, oracle, flags, violations, nodes) = (
             trace.clone(),
             oracle.clone(),
@@ -301,6 +333,12 @@ pub fn run(opts: &SimOptions) -> SimReport {
             }
             flags.stop_workers.store(true, Ordering::SeqCst);
             trace.record("settled");
+            // Every replica's whole committed log, against every committed entry seen so far.
+            let changed = Auditor::new(committed_d).pass(&nodes).await;
+            violations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(changed);
             let mut known_found = Vec::new();
             let found = check_replicas(&nodes, &oracle, &mut known_found).await;
             known
@@ -312,6 +350,113 @@ pub fn run(opts: &SimOptions) -> SimReport {
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(found);
             flags.done.store(true, Ordering::SeqCst);
+            Ok(()) as HostResult
+        });
+    }
+
+    // Metadata clients: create, delete and grow the `META_TOPICS` concurrently during the fault
+    // window, recording every operation for the linearizability check.
+    for m in 0..2u64 {
+        let (trace, flags, history) = (trace.clone(), flags.clone(), meta_history.clone());
+        let client_seed: u64 = rng.random();
+        let name = format!("meta{m}");
+        sim.client(name.clone(), async move {
+            while !flags.topic_ready.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut rng = ChaCha8Rng::seed_from_u64(client_seed);
+            let client = loop {
+                match client_builder(client_seed, &name).connect().await {
+                    Ok(c) => break c,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            let admin = client.admin();
+            while !flags.stop_producing.load(Ordering::SeqCst) {
+                let topic = META_TOPICS[rng.random_range(0..META_TOPICS.len())];
+                let op = match rng.random_range(0..10) {
+                    0..=4 => MetaOp::Create {
+                        visibility_ms: if rng.random_bool(0.5) { 1_000 } else { 1_500 },
+                        partitions: 1,
+                    },
+                    5..=7 => MetaOp::Delete,
+                    _ => MetaOp::AddPartitions { count: 1 },
+                };
+                let invoked = sim_ns();
+                let answer = match &op {
+                    MetaOp::Create {
+                        visibility_ms,
+                        partitions,
+                    } => {
+                        let spec = TopicSpec {
+                            partitions: Some(*partitions),
+                            replication_factor: Some(1),
+                            visibility_timeout_ms: Some(*visibility_ms),
+                            ..TopicSpec::default()
+                        };
+                        admin
+                            .create_topic(topic, spec)
+                            .await
+                            .map(|t| MetaResult::Topic {
+                                partitions: t.partitions.len() as u32,
+                            })
+                    }
+                    MetaOp::Delete => admin.delete_topic(topic).await.map(|()| MetaResult::Ok),
+                    MetaOp::AddPartitions { count } => admin
+                        .add_partitions(topic, *count)
+                        .await
+                        .map(|_| MetaResult::Ok),
+                };
+                let completed = sim_ns();
+                // Only definite answers constrain the history; anything else (timeouts,
+                // unavailable, lost connections) may or may not have taken effect.
+                let result = match answer {
+                    Ok(r) => Some(r),
+                    Err(taskbroker_client::Error::UnknownTopic { .. }) => {
+                        Some(MetaResult::UnknownTopic)
+                    }
+                    Err(taskbroker_client::Error::TopicConflict { .. }) => {
+                        Some(MetaResult::Conflict)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "metadata operation with unknown outcome");
+                        None
+                    }
+                };
+                trace.record(format!("{name} {topic} {op:?} -> {result:?}"));
+                let operation = match result {
+                    Some(r) => Operation::done(&name, op, invoked, completed, r),
+                    None => Operation::unknown(&name, op, invoked),
+                };
+                history
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((topic.to_string(), operation));
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..700))).await;
+            }
+            Ok(()) as HostResult
+        });
+    }
+
+    // Auditor: reads every running replica's committed log every `AUDIT_MS` (the entries it has
+    // not read yet, and the last `AUDIT_REWIND` again), so a committed entry that changes on
+    // any replica at any time is caught.
+    {
+        let (flags, violations, nodes) = (flags.clone(), violations.clone(), nodes.clone());
+        let mut auditor = Auditor::new(committed.clone());
+        sim.client("auditor", async move {
+            while !flags.done.load(Ordering::SeqCst) {
+                let changed = auditor.pass(&nodes).await;
+                violations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(changed);
+                if flags.stop_workers.load(Ordering::SeqCst) {
+                    // The driver's final pass reads everything; nothing more to do here.
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(AUDIT_MS)).await;
+            }
             Ok(()) as HostResult
         });
     }
@@ -459,6 +604,7 @@ pub fn run(opts: &SimOptions) -> SimReport {
     let mix = FaultMix {
         crash_all: true,
         force_crash_all: opts.force_crash_all,
+        overlap: opts.overlap,
     };
     let episodes = if opts.faults {
         nemesis::schedule(
@@ -472,7 +618,10 @@ pub fn run(opts: &SimOptions) -> SimReport {
         Vec::new()
     };
     let mut applied: Vec<String> = Vec::new();
-    let mut active: Option<(Episode, Vec<NodeId>)> = None;
+    let mut fault_kinds: Vec<&'static str> = Vec::new();
+    let mut faults = FaultState::default();
+    // Active episodes: (episode number, episode, nodes it touched).
+    let mut active: Vec<(usize, Episode, Vec<NodeId>)> = Vec::new();
     let mut next_episode = 0usize;
     let mut leaders: BTreeMap<(GroupId, u64), BTreeSet<NodeId>> = BTreeMap::new();
     let mut next_sample = 0u64;
@@ -494,29 +643,33 @@ pub fn run(opts: &SimOptions) -> SimReport {
             next_sample = now + LEADER_SAMPLE_MS;
             sample_leaders(&nodes, &mut leaders);
         }
-        if let Some((ep, _)) = &active {
-            if now >= ep.start_ms + ep.duration_ms {
-                let (ep, touched) = active.take().expect("active episode");
-                undo(&mut sim, &nodes, &ids, &ep.fault, &touched);
-                trace.record_at(now, format!("nemesis: end {:?}", ep.fault));
-            }
+        while let Some(k) = active
+            .iter()
+            .position(|(_, ep, _)| now >= ep.start_ms + ep.duration_ms)
+        {
+            let (no, ep, touched) = active.remove(k);
+            faults.undo(&mut sim, &nodes, &ids, no, &ep.fault, &touched);
+            trace.record_at(now, format!("nemesis: end {:?}", ep.fault));
         }
-        if active.is_none() && !healed {
-            if let Some(ep) = episodes.get(next_episode) {
-                if now >= ep.start_ms {
-                    next_episode += 1;
-                    let touched = apply(&mut sim, &nodes, &ids, &ep.fault, &mut rng);
-                    let line = format!("{:?} on {touched:?} for {} ms", ep.fault, ep.duration_ms);
-                    trace.record_at(now, format!("nemesis: {line}"));
-                    applied.push(format!("@{}ms {line}", ep.start_ms));
-                    active = Some((ep.clone(), touched));
-                }
-            }
+        while !healed
+            && episodes
+                .get(next_episode)
+                .is_some_and(|ep| now >= ep.start_ms)
+        {
+            let ep = episodes[next_episode].clone();
+            let no = next_episode;
+            next_episode += 1;
+            let touched = faults.apply(&mut sim, &nodes, &ids, no, &ep.fault, &mut rng);
+            let line = format!("{:?} on {touched:?} for {} ms", ep.fault, ep.duration_ms);
+            trace.record_at(now, format!("nemesis: {line}"));
+            applied.push(format!("@{}ms {line}", ep.start_ms));
+            fault_kinds.push(ep.fault.kind());
+            active.push((no, ep, touched));
         }
         if !healed && now >= FAULT_WINDOW_END_MS {
             flags.stop_producing.store(true, Ordering::SeqCst);
-            if let Some((ep, touched)) = active.take() {
-                undo(&mut sim, &nodes, &ids, &ep.fault, &touched);
+            for (no, ep, touched) in active.drain(..) {
+                faults.undo(&mut sim, &nodes, &ids, no, &ep.fault, &touched);
             }
             heal(&mut sim, &nodes, &ids);
             trace.record_at(now, "nemesis: healed");
@@ -548,6 +701,20 @@ pub fn run(opts: &SimOptions) -> SimReport {
         }
     }
     violations.extend(oracle.check_leases(VISIBILITY_MS));
+    let meta_history = std::mem::take(&mut *meta_history.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut known_found = std::mem::take(&mut *known.lock().unwrap_or_else(|p| p.into_inner()));
+    let (lin_bad, lin_inconclusive) = check_metadata_history(&meta_history);
+    violations.extend(lin_bad);
+    known_found.extend(lin_inconclusive);
+    if violations.len() > REPORT_LINES_MAX {
+        let more = violations.len() - REPORT_LINES_MAX;
+        violations.truncate(REPORT_LINES_MAX);
+        violations.push(format!("... and {more} more"));
+    }
+    let (committed_entries, committed_observations) = {
+        let c = committed.lock().unwrap_or_else(|p| p.into_inner());
+        (c.entries(), c.observations())
+    };
     let (produced, produce_unknown, leases) = oracle.with(|o| {
         (
             o.produced.len(),
@@ -555,7 +722,6 @@ pub fn run(opts: &SimOptions) -> SimReport {
             o.leases.values().map(Vec::len).sum(),
         )
     });
-    let known_found = std::mem::take(&mut *known.lock().unwrap_or_else(|p| p.into_inner()));
     SimReport {
         seed,
         nodes: opts.nodes,
@@ -568,6 +734,10 @@ pub fn run(opts: &SimOptions) -> SimReport {
         known: known_found,
         trace_tail: trace.tail(40),
         sim_ms,
+        fault_kinds,
+        meta_history,
+        committed_entries,
+        committed_observations,
     }
 }
 
@@ -589,11 +759,18 @@ fn sample_leaders(
 
 /// The current leader of the metadata group or of some partition group.
 fn find_leader(nodes: &[SimNodeHandle], meta: bool) -> Option<NodeId> {
+    let jobs = jobs_topic_id(nodes);
     nodes.iter().find_map(|n| {
         let raft = n.raft()?;
         raft.group_ids()
             .into_iter()
-            .filter(|g| g.is_metadata() == meta)
+            .filter(|g| {
+                if meta {
+                    g.is_metadata()
+                } else {
+                    is_jobs_group(*g, jobs)
+                }
+            })
             .find(|g| raft.group(*g).is_some_and(|g| g.is_leader()))
             .map(|_| n.id)
     })
@@ -605,90 +782,181 @@ fn crash(sim: &mut turmoil::Sim<'_>, n: &SimNodeHandle) {
     n.disk.inner.crash();
 }
 
-/// Applies `fault`; returns the nodes it touched (to undo it).
-fn apply(
-    sim: &mut turmoil::Sim<'_>,
-    nodes: &[SimNodeHandle],
-    ids: &[NodeId],
-    fault: &Fault,
-    rng: &mut ChaCha8Rng,
-) -> Vec<NodeId> {
-    let cut = |sim: &mut turmoil::Sim<'_>, side: &[NodeId]| {
-        for a in side {
-            for b in ids.iter().filter(|b| !side.contains(b)) {
-                sim.partition(host_name(*a), host_name(*b));
-            }
+/// The faults in effect, reference-counted so that overlapping episodes compose: a link stays
+/// cut while any episode cuts it, a node stays down while any episode holds it down, a disk is
+/// as slow as the slowest episode on it, the latency bound is the highest in effect.
+#[derive(Debug, Default)]
+struct FaultState {
+    cut: BTreeMap<(NodeId, NodeId), u32>,
+    held: BTreeMap<(NodeId, NodeId), u32>,
+    /// Latency bound per active episode.
+    latency: BTreeMap<usize, u64>,
+    down: BTreeMap<NodeId, u32>,
+    /// Disk latency per (node, active episode).
+    slow: BTreeMap<(NodeId, usize), u64>,
+}
+
+fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+    (a.min(b), a.max(b))
+}
+
+/// Increments `key`'s count; true if it was 0.
+fn count_up<K: Ord>(m: &mut BTreeMap<K, u32>, key: K) -> bool {
+    let c = m.entry(key).or_default();
+    *c += 1;
+    *c == 1
+}
+
+/// Decrements `key`'s count; true if it reached 0.
+fn count_down<K: Ord + Copy>(m: &mut BTreeMap<K, u32>, key: K) -> bool {
+    match m.get_mut(&key) {
+        Some(c) if *c > 1 => {
+            *c -= 1;
+            false
         }
-    };
-    match fault {
-        Fault::IsolateLeader { meta } => {
-            let l = find_leader(nodes, *meta).unwrap_or(ids[rng.random_range(0..ids.len())]);
-            cut(sim, &[l]);
-            vec![l]
+        Some(_) => {
+            m.remove(&key);
+            true
         }
-        Fault::SplitMajority { minority } => {
-            cut(sim, minority);
-            minority.clone()
-        }
-        Fault::Hold { a, b } => {
-            sim.hold(host_name(*a), host_name(*b));
-            vec![*a, *b]
-        }
-        Fault::Latency { max_ms } => {
-            sim.set_max_message_latency(Duration::from_millis(*max_ms));
-            vec![]
-        }
-        Fault::Crash { node } => {
-            crash(sim, &nodes[(*node - 1) as usize]);
-            vec![*node]
-        }
-        Fault::CrashAll => {
-            for n in nodes {
-                crash(sim, n);
-            }
-            ids.to_vec()
-        }
-        Fault::SlowDisk { node, latency_ms } => {
-            nodes[(*node - 1) as usize]
-                .disk
-                .inner
-                .set_latency(Duration::from_millis(*latency_ms));
-            vec![*node]
-        }
-        Fault::ClockJump { node, delta_ms } => {
-            nodes[(*node - 1) as usize].clock.jump(*delta_ms);
-            vec![*node]
-        }
+        None => false,
     }
 }
 
-fn undo(
-    sim: &mut turmoil::Sim<'_>,
-    nodes: &[SimNodeHandle],
-    ids: &[NodeId],
-    fault: &Fault,
-    touched: &[NodeId],
-) {
-    match fault {
-        Fault::IsolateLeader { .. } | Fault::SplitMajority { .. } => {
-            for a in touched {
-                for b in ids.iter().filter(|b| !touched.contains(b)) {
+impl FaultState {
+    fn cut(&mut self, sim: &mut turmoil::Sim<'_>, ids: &[NodeId], side: &[NodeId]) {
+        for a in side {
+            for b in ids.iter().filter(|b| !side.contains(b)) {
+                if count_up(&mut self.cut, pair(*a, *b)) {
+                    sim.partition(host_name(*a), host_name(*b));
+                }
+            }
+        }
+    }
+
+    fn uncut(&mut self, sim: &mut turmoil::Sim<'_>, ids: &[NodeId], side: &[NodeId]) {
+        for a in side {
+            for b in ids.iter().filter(|b| !side.contains(b)) {
+                if count_down(&mut self.cut, pair(*a, *b)) {
                     sim.repair(host_name(*a), host_name(*b));
                 }
             }
         }
-        Fault::Hold { a, b } => sim.release(host_name(*a), host_name(*b)),
-        Fault::Latency { .. } => sim.set_max_message_latency(Duration::from_millis(10)),
-        Fault::Crash { .. } | Fault::CrashAll => {
-            for id in touched {
-                sim.bounce(host_name(*id));
+    }
+
+    fn set_latency(&self, sim: &mut turmoil::Sim<'_>) {
+        let ms = self.latency.values().copied().max().unwrap_or(10);
+        sim.set_max_message_latency(Duration::from_millis(ms));
+    }
+
+    fn set_disk(&self, n: &SimNodeHandle) {
+        let ms = self
+            .slow
+            .range((n.id, 0)..=(n.id, usize::MAX))
+            .map(|(_, ms)| *ms)
+            .max()
+            .unwrap_or(0);
+        n.disk.inner.set_latency(Duration::from_millis(ms));
+    }
+
+    fn down(&mut self, sim: &mut turmoil::Sim<'_>, n: &SimNodeHandle) {
+        if count_up(&mut self.down, n.id) {
+            crash(sim, n);
+        }
+    }
+
+    fn up(&mut self, sim: &mut turmoil::Sim<'_>, id: NodeId) {
+        if count_down(&mut self.down, id) {
+            sim.bounce(host_name(id));
+        }
+    }
+
+    /// Applies episode `no`'s `fault`; returns the nodes it touched (to undo it).
+    fn apply(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        nodes: &[SimNodeHandle],
+        ids: &[NodeId],
+        no: usize,
+        fault: &Fault,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<NodeId> {
+        match fault {
+            Fault::IsolateLeader { meta } => {
+                let l = find_leader(nodes, *meta).unwrap_or(ids[rng.random_range(0..ids.len())]);
+                self.cut(sim, ids, &[l]);
+                vec![l]
+            }
+            Fault::SplitMajority { minority } => {
+                self.cut(sim, ids, minority);
+                minority.clone()
+            }
+            Fault::Hold { a, b } => {
+                if count_up(&mut self.held, pair(*a, *b)) {
+                    sim.hold(host_name(*a), host_name(*b));
+                }
+                vec![*a, *b]
+            }
+            Fault::Latency { max_ms } => {
+                self.latency.insert(no, *max_ms);
+                self.set_latency(sim);
+                vec![]
+            }
+            Fault::Crash { node } => {
+                self.down(sim, &nodes[(*node - 1) as usize]);
+                vec![*node]
+            }
+            Fault::CrashAll => {
+                for n in nodes {
+                    self.down(sim, n);
+                }
+                ids.to_vec()
+            }
+            Fault::SlowDisk { node, latency_ms } => {
+                self.slow.insert((*node, no), *latency_ms);
+                self.set_disk(&nodes[(*node - 1) as usize]);
+                vec![*node]
+            }
+            Fault::ClockJump { node, delta_ms } => {
+                nodes[(*node - 1) as usize].clock.jump(*delta_ms);
+                vec![*node]
             }
         }
-        Fault::SlowDisk { node, .. } => nodes[(*node - 1) as usize]
-            .disk
-            .inner
-            .set_latency(Duration::ZERO),
-        Fault::ClockJump { .. } => {}
+    }
+
+    /// Undoes episode `no`'s `fault` (only what no other active episode still needs).
+    fn undo(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        nodes: &[SimNodeHandle],
+        ids: &[NodeId],
+        no: usize,
+        fault: &Fault,
+        touched: &[NodeId],
+    ) {
+        match fault {
+            Fault::IsolateLeader { .. } | Fault::SplitMajority { .. } => {
+                self.uncut(sim, ids, touched)
+            }
+            Fault::Hold { a, b } => {
+                if count_down(&mut self.held, pair(*a, *b)) {
+                    sim.release(host_name(*a), host_name(*b));
+                }
+            }
+            Fault::Latency { .. } => {
+                self.latency.remove(&no);
+                self.set_latency(sim);
+            }
+            Fault::Crash { .. } | Fault::CrashAll => {
+                for id in touched {
+                    self.up(sim, *id);
+                }
+            }
+            Fault::SlowDisk { node, .. } => {
+                self.slow.remove(&(*node, no));
+                self.set_disk(&nodes[(*node - 1) as usize]);
+            }
+            Fault::ClockJump { .. } => {}
+        }
     }
 }
 
@@ -718,11 +986,27 @@ fn leader_raft(nodes: &[SimNodeHandle], gid: GroupId) -> Option<Arc<RaftNode>> {
         .find(|r| r.group(gid).is_some_and(|g| g.is_leader()))
 }
 
+/// The topic id of [`TOPIC`] (the workload's topic; the metadata clients' topics are others),
+/// from any replica of the metadata group that has applied its creation.
+fn jobs_topic_id(nodes: &[SimNodeHandle]) -> Option<u32> {
+    nodes.iter().filter_map(SimNodeHandle::raft).find_map(|r| {
+        let g = r.group(GroupId::METADATA)?;
+        let state = g.state().read();
+        state.metadata()?.topic(TOPIC).map(|t| t.id)
+    })
+}
+
+/// Whether `gid` is a partition group of [`TOPIC`].
+fn is_jobs_group(gid: GroupId, jobs: Option<u32>) -> bool {
+    !gid.is_metadata() && Some(gid.topic_id()) == jobs
+}
+
 fn partition_group(nodes: &[SimNodeHandle], partition: u32) -> Option<GroupId> {
+    let jobs = jobs_topic_id(nodes);
     nodes.iter().filter_map(SimNodeHandle::raft).find_map(|r| {
         r.group_ids()
             .into_iter()
-            .find(|g| !g.is_metadata() && g.partition() == partition)
+            .find(|g| is_jobs_group(*g, jobs) && g.partition() == partition)
     })
 }
 
@@ -761,10 +1045,20 @@ async fn frames(
     gid: GroupId,
     upto: u64,
 ) -> Option<Vec<taskbroker_storage::Frame>> {
+    frames_from(raft, gid, 0, upto).await
+}
+
+/// A replica's frames from `from` (or its first readable index) up to `upto`.
+async fn frames_from(
+    raft: &RaftNode,
+    gid: GroupId,
+    from: u64,
+    upto: u64,
+) -> Option<Vec<taskbroker_storage::Frame>> {
     let g = raft.group(gid)?;
     let log = g.log();
     let mut out = Vec::new();
-    let mut next = log.first_index();
+    let mut next = log.first_index().max(from);
     while next < log.next_index() && next <= upto {
         let batch = log.read(next, 1024, 4 << 20).await.ok()?;
         if batch.is_empty() {
@@ -780,6 +1074,127 @@ async fn frames(
     Some(out)
 }
 
+/// The metadata history the metadata clients record: topic name and operation.
+type MetaHistory = Arc<Mutex<Vec<(String, Operation<MetaOp, MetaResult>)>>>;
+
+/// Simulated ns since the run began.
+fn sim_ns() -> u64 {
+    turmoil::sim_elapsed()
+        .unwrap_or_default()
+        .as_nanos()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+/// Checks the metadata history per topic; returns (violations, inconclusive notes).
+fn check_metadata_history(
+    history: &[(String, Operation<MetaOp, MetaResult>)],
+) -> (Vec<String>, Vec<String>) {
+    let (mut bad, mut inconclusive) = (Vec::new(), Vec::new());
+    for (topic, verdict, ops) in check_by_key(&TopicModel, history, LINEARIZABILITY_STEPS) {
+        match verdict {
+            Verdict::Linearizable => {}
+            Verdict::Inconclusive { steps } => inconclusive.push(format!(
+                "metadata history of {topic:?} ({} operations): linearizability search gave up after {steps} steps",
+                ops.len()
+            )),
+            Verdict::NotLinearizable { placed, unplaced } => {
+                bad.push(format!(
+                    "metadata operations on topic {topic:?} are not linearizable: after {} placed operations none of {unplaced:?} fits; history (ms):\n{}",
+                    placed.len(),
+                    describe_history(&ops)
+                ));
+            }
+        }
+    }
+    (bad, inconclusive)
+}
+
+/// One line per operation: index, client, invocation and completion (simulated ms), input and
+/// answer.
+pub fn describe_history(ops: &[Operation<MetaOp, MetaResult>]) -> String {
+    ops.iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let done = match &o.completed {
+                Some((t, r)) => format!("{:>10.3} {r:?}", *t as f64 / 1e6),
+                None => format!("{:>10} unknown", "-"),
+            };
+            format!(
+                "    #{i:<3} {:<6} {:>10.3} .. {done}  {:?}",
+                o.client,
+                o.invoked as f64 / 1e6,
+                o.input
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads replicas' committed logs and records every entry in a [`CommittedEntries`].
+struct Auditor {
+    committed: Arc<Mutex<CommittedEntries>>,
+    /// Next index to read per (node, group).
+    cursors: BTreeMap<(NodeId, GroupId), u64>,
+    /// The start count of each node's software when its cursors were made.
+    starts: BTreeMap<NodeId, u64>,
+}
+
+impl Auditor {
+    fn new(committed: Arc<Mutex<CommittedEntries>>) -> Self {
+        Auditor {
+            committed,
+            cursors: BTreeMap::new(),
+            starts: BTreeMap::new(),
+        }
+    }
+
+    /// One pass over every running replica; returns the changes found.
+    async fn pass(&mut self, nodes: &[SimNodeHandle]) -> Vec<String> {
+        let mut bad = Vec::new();
+        for n in nodes {
+            let Some(raft) = n.raft() else { continue };
+            // A restarted replica is read again from its start.
+            let starts = n.starts.load(Ordering::SeqCst);
+            if self.starts.insert(n.id, starts) != Some(starts) {
+                self.cursors.retain(|(id, _), _| *id != n.id);
+            }
+            for gid in raft.group_ids() {
+                // Entries up to the commit index *and* applied: openraft may count an entry as
+                // committed locally once its log write is accepted, before the log store has
+                // replaced a stale entry at that index; applied entries are in the store.
+                let Some(m) = raft.group(gid).map(|g| g.metrics()) else {
+                    continue;
+                };
+                let (Some(committed), Some(applied)) = (m.commit_index, m.applied_index) else {
+                    continue;
+                };
+                let commit = committed.min(applied);
+                let cursor = self.cursors.get(&(n.id, gid)).copied().unwrap_or(0);
+                let from = cursor.saturating_sub(AUDIT_REWIND);
+                if from > commit {
+                    continue;
+                }
+                let read = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    frames_from(&raft, gid, from, commit),
+                )
+                .await;
+                let Ok(Some(fs)) = read else { continue };
+                let now = sim_ms();
+                let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+                for f in &fs {
+                    if let Some(v) = c.observe(gid.0, f.index, frame_hash(f), n.id, now) {
+                        bad.push(v);
+                    }
+                }
+                self.cursors.insert((n.id, gid), commit + 1);
+            }
+        }
+        bad
+    }
+}
+
 /// Compares the replicas of every group and checks them against the oracle.
 async fn check_replicas(
     nodes: &[SimNodeHandle],
@@ -787,6 +1202,12 @@ async fn check_replicas(
     known: &mut Vec<String>,
 ) -> Vec<String> {
     let mut bad = Vec::new();
+    let jobs = jobs_topic_id(nodes);
+    if jobs.is_none() {
+        bad.push(format!(
+            "no replica of the metadata group knows topic {TOPIC:?}"
+        ));
+    }
     let mut gids = BTreeSet::new();
     for r in nodes.iter().filter_map(SimNodeHandle::raft) {
         gids.extend(r.group_ids());
@@ -853,7 +1274,7 @@ async fn check_replicas(
                 }
             }
             // The group's task states: every acknowledged produce is acked, none dead-lettered.
-            if applied && !gid.is_metadata() {
+            if applied && is_jobs_group(gid, jobs) {
                 let state = g.state().read();
                 if let Some(p) = state.partition() {
                     for (id, (part, off)) in &produced {
@@ -872,7 +1293,7 @@ async fn check_replicas(
             }
         }
         // Every acknowledged produce is in the log at its offset, and no task is stored twice.
-        if let Some((_, fs)) = reference.filter(|_| !gid.is_metadata()) {
+        if let Some((_, fs)) = reference.filter(|_| is_jobs_group(gid, jobs)) {
             let mut at: BTreeMap<u64, u64> = BTreeMap::new();
             for f in &fs {
                 let Ok(Some(Command::Produce { batch, .. })) =

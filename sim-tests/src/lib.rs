@@ -9,6 +9,8 @@
 //! | [`cluster`] | one run: production nodes, producer and worker clients, nemesis, replica checks |
 //! | [`nemesis`] | the seeded fault schedule and the fault model |
 //! | [`oracle`] | what clients were told, and the lease invariants |
+//! | [`linearizability`] | the linearizability checker and the sequential model of topic metadata |
+//! | [`committed`] | committed entries never change: every committed entry seen, by group and index |
 //! | [`trace`] | the event trace and its hash (determinism) |
 //! | [`campaign`] | running one seed or many (`SIM_SEED`, `SIM_SEEDS`) |
 //!
@@ -23,7 +25,9 @@
 
 pub mod campaign;
 pub mod cluster;
+pub mod committed;
 pub mod env;
+pub mod linearizability;
 pub mod nemesis;
 pub mod oracle;
 pub mod trace;

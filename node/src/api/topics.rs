@@ -253,16 +253,18 @@ impl Api {
             )
         })?;
         let config = self.resolve_spec(&spec, nodes.len());
-        if let Some(t) = existing {
-            // Idempotent by value (as the state machine defines it).
-            return if t.config == config {
-                Ok(self.topic_meta(&t))
-            } else {
-                Err(ApiError::TopicConflict { topic: name })
-            };
-        }
-        let placement = place(&nodes, &load, config.partitions, config.replication_factor)
-            .map_err(|e| self.placement_err(e))?;
+        // Always proposed, even when the local state already has the topic: this node's state
+        // may be stale (a deposed leader that has not noticed yet, or a new leader that has not
+        // applied what it inherited), and answering from it is not linearizable (the simulation
+        // found a create answered from a stale state). The state machine decides by existence
+        // first: the same settings answer `AlreadyExists`, others `TopicConflict`.
+        let placement = match place(&nodes, &load, config.partitions, config.replication_factor) {
+            Ok(p) => p,
+            // The placement is unused if the topic exists; if it does not, the state machine
+            // refuses the empty placement.
+            Err(_) if existing.is_some() => Vec::new(),
+            Err(e) => return Err(self.placement_err(e)),
+        };
         let r = self
             .meta_write(MetaCommand::CreateTopic {
                 name,
@@ -328,7 +330,26 @@ impl Api {
         }
     }
 
+    /// A write through the metadata log (this node's own registration, unchanged): once it is
+    /// applied here, the local state holds everything committed before it, so a read of it is
+    /// linearizable.
+    async fn meta_barrier(&self) -> Result<(), ApiError> {
+        let id = self.settings().node_id;
+        let me = self
+            .with_meta(|m| m.node(id).cloned())?
+            .ok_or_else(|| ApiError::Unavailable {
+                reason: format!("node {id} is not registered yet"),
+            })?;
+        self.meta_write(MetaCommand::RegisterNode(me))
+            .await
+            .map(|_| ())
+    }
+
     async fn add_partitions_local(&self, name: String, count: u32) -> Result<TopicMeta, ApiError> {
+        if self.with_meta(|m| m.topic(&name).is_none())? {
+            // Not in the local state, which may be stale: look again after a barrier.
+            self.meta_barrier().await?;
+        }
         let (nodes, load, topic) = self.with_meta(|m| {
             (
                 m.nodes().map(|n| n.id).collect::<Vec<_>>(),
