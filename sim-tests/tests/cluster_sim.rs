@@ -54,9 +54,9 @@ fn clusters_under_faults_keep_their_guarantees() {
         if !r.violations.is_empty() {
             failed.push(*seed);
         }
-        if (k + 1) % 100 == 0 {
+        if (k + 1) % 50 == 0 {
             println!(
-                "progress: {} seeds, {faults} faults, {} failed {failed:?}, {:?}",
+                "progress: {} seeds, {faults} faults {kinds:?}, {meta_ops} metadata operations ({meta_unknown} unknown), {committed} committed entries, {} failed {failed:?}, {:?}",
                 k + 1,
                 failed.len(),
                 started.elapsed()
