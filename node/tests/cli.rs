@@ -389,10 +389,22 @@ fn http_admin_api_creates_lists_describes_and_reports_errors() {
     assert_eq!(t.partitions.len(), 4);
     assert_eq!(t.visibility_timeout_ms, 5000);
 
-    let (code, v) = http(&cluster.node(3).http, "GET", "/api/v1/topics", None);
-    assert_eq!(code, 200);
-    let list: Vec<TopicMeta> = serde_json::from_value(v).expect("list");
-    assert_eq!(list.len(), 1);
+    // A describe by name through any node finds the topic at once (a node whose replica is
+    // behind asks the metadata leader); a list is served from each node's own replica and shows
+    // the topic once that replica has applied the create.
+    let (code, v) = http(&cluster.node(3).http, "GET", "/api/v1/topics/web", None);
+    assert_eq!(code, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, v) = http(&cluster.node(3).http, "GET", "/api/v1/topics", None);
+        assert_eq!(code, 200);
+        let list: Vec<TopicMeta> = serde_json::from_value(v).expect("list");
+        if list.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 never listed the topic");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (code, v) = http(&h, "GET", "/api/v1/topics/web", None);
     assert_eq!(code, 200);
     assert_eq!(v["name"], "web");

@@ -381,7 +381,7 @@ impl BrokerApi for Api {
         observed(
             self.inner.metrics.clone(),
             "metadata",
-            deadline(HANDLER_DEADLINE, async { self.cluster_meta(&topics) }),
+            deadline(HANDLER_DEADLINE, self.do_metadata(topics)),
         )
         .await
     }

@@ -89,6 +89,33 @@ impl Api {
         })
     }
 
+    /// Routing metadata for a client: from the local replica, unless it lacks a topic asked for
+    /// by name. Then the local replica may just be behind (the topic was created through another
+    /// node a moment ago), so the metadata leader answers instead; a topic unknown there is
+    /// really unknown. Without a reachable leader the local view is the answer.
+    pub(super) async fn do_metadata(&self, topics: Vec<String>) -> Result<ClusterMeta, ApiError> {
+        let local = self.cluster_meta(&topics)?;
+        let complete = topics
+            .iter()
+            .all(|name| local.topics.iter().any(|t| &t.name == name));
+        if complete || self.meta().is_leader() {
+            return Ok(local);
+        }
+        let asked = topics.clone();
+        match self
+            .on_controller(async { Ok(local.clone()) }, |c, ctx| async move {
+                c.metadata(ctx, asked).await
+            })
+            .await
+        {
+            Ok(fresh) => Ok(fresh),
+            Err(e) => {
+                tracing::debug!(error = %e, "metadata leader not reached for a missing topic");
+                Ok(local)
+            }
+        }
+    }
+
     /// Lagging followers of the partitions this node leads: (topic, partition, node, entries
     /// behind).
     pub(super) fn led_replica_lag(&self) -> Vec<(String, u32, NodeId, u64)> {
