@@ -39,6 +39,8 @@ use crate::config::NodeConfig;
 
 /// How long connecting to another node (TCP + preamble) may take.
 pub const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How far past a forwarded call's own timeout its tarpc deadline lies (see [`Forwarder::call`]).
+const TARPC_DEADLINE_SLACK: Duration = Duration::from_secs(5);
 /// Pause between registration attempts (the metadata leader may not be elected yet).
 pub const REGISTER_RETRY: Duration = Duration::from_millis(500);
 /// The reconciler re-checks even without a metadata change this often (to retry failures and
@@ -392,7 +394,10 @@ impl Forwarder {
     {
         let client = self.client(node, addr).await?;
         let mut ctx = tarpc::context::current();
-        ctx.deadline = std::time::Instant::now() + timeout;
+        // tarpc turns the deadline into a timer from the wall clock; our own (tokio-clock)
+        // timeout must be the one that fires, or the outcome depends on real time (and a
+        // simulation stops replaying its seed).
+        ctx.deadline = std::time::Instant::now() + timeout + TARPC_DEADLINE_SLACK;
         match tokio::time::timeout(timeout, f(client, ctx)).await {
             Err(_) => {
                 self.drop_client(node).await;
