@@ -64,14 +64,11 @@ async fn producer_retries_across_a_leader_kill_store_each_task_once() {
     let mut cluster = Cluster::start(3);
     let client = client(&cluster).await;
     topic(&client, "idem", 1, 30_000).await;
-    let leader = client
-        .admin()
-        .describe_topic("idem")
-        .await
-        .expect("describe")
-        .partitions[0]
-        .leader
-        .expect("leader");
+    // A leader may be in hand-over (e.g. back to its preferred replica) at any moment.
+    let leader = eventually(Duration::from_secs(20), "a partition leader", || async {
+        client.admin().describe_topic("idem").await.ok()?.partitions[0].leader
+    })
+    .await;
 
     let producer = client.producer().build();
     let total = 400usize;

@@ -283,14 +283,11 @@ async fn a_leader_kill_while_dead_lettering_loses_and_duplicates_nothing() {
     for r in futures::future::join_all(sends).await {
         r.expect("produce");
     }
-    let source_leader = client
-        .admin()
-        .describe_topic("src")
-        .await
-        .expect("describe")
-        .partitions[0]
-        .leader
-        .expect("leader");
+    // A leader may be in hand-over (e.g. back to its preferred replica) at any moment.
+    let source_leader = eventually(Duration::from_secs(20), "a partition leader", || async {
+        client.admin().describe_topic("src").await.ok()?.partitions[0].leader
+    })
+    .await;
 
     // One attempt each: every nack dead-letters, and forwarding starts at once. Nacks go out
     // in bulk so that dead letters pile up faster than they are forwarded.
