@@ -79,8 +79,47 @@ pub fn serve_args(id: u64, listen: &str, http: &str, data_dir: &Path, peers: &st
 }
 
 impl Cluster {
-    /// Starts `n` nodes and waits until every one is ready.
+    /// Starts `n` nodes and waits until every one is ready. The ports come from the OS and are
+    /// free when chosen, but another test may take one before the node binds it: then the whole
+    /// cluster starts again on fresh ports (at most 3 times).
     pub fn start(n: u64) -> Cluster {
+        for _ in 0..2 {
+            let mut c = Cluster::spawn_all(n);
+            if (1..=n).all(|id| !c.lost_its_port(id)) {
+                for id in 1..=n {
+                    c.wait_ready(id);
+                }
+                return c;
+            }
+            eprintln!("a node's port was taken before it could bind it; starting again");
+        }
+        let c = Cluster::spawn_all(n);
+        for id in 1..=n {
+            c.wait_ready(id);
+        }
+        c
+    }
+
+    /// True if node `id` exited because its address was taken (checked for up to 2 s).
+    fn lost_its_port(&mut self, id: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            let exited = self.nodes[(id - 1) as usize]
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                return self.log(id).contains("Address already in use");
+            }
+            if http_get(&self.node(id).http, "/health").is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn spawn_all(n: u64) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = Vec::new();
         for id in 1..=n {
@@ -105,9 +144,6 @@ impl Cluster {
         };
         for id in 1..=n {
             c.spawn(id);
-        }
-        for id in 1..=n {
-            c.wait_ready(id);
         }
         c
     }
