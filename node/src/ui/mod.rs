@@ -443,23 +443,25 @@ async fn create_topic(State(api): State<Api>, Form(form): Form<CreateTopicForm>)
     }
 }
 
+/// One topic's metadata, or `UnknownTopic`.
+async fn describe_topic(api: &Api, name: &str) -> Result<TopicMeta, ApiError> {
+    api.clone()
+        .metadata(context::current(), vec![name.to_string()])
+        .await?
+        .topics
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| ApiError::UnknownTopic {
+            topic: name.to_string(),
+        })
+}
+
 async fn topic_detail(
     State(api): State<Api>,
     Path(name): Path<String>,
     Query(f): Query<Flash>,
 ) -> Response {
-    let t = match api
-        .clone()
-        .metadata(context::current(), vec![name.clone()])
-        .await
-        .and_then(|m| {
-            m.topics
-                .into_iter()
-                .find(|t| t.name == name)
-                .ok_or(ApiError::UnknownTopic {
-                    topic: name.clone(),
-                })
-        }) {
+    let t = match describe_topic(&api, &name).await {
         Ok(t) => t,
         Err(e) => return error_page(&api, &format!("Topic {name}"), "topics", &e),
     };
@@ -719,18 +721,7 @@ async fn browse(
     Path(name): Path<String>,
     Query(q): Query<BrowseForm>,
 ) -> Response {
-    let t = match api
-        .clone()
-        .metadata(context::current(), vec![name.clone()])
-        .await
-        .and_then(|m| {
-            m.topics
-                .into_iter()
-                .find(|t| t.name == name)
-                .ok_or(ApiError::UnknownTopic {
-                    topic: name.clone(),
-                })
-        }) {
+    let t = match describe_topic(&api, &name).await {
         Ok(t) => t,
         Err(e) => return error_page(&api, &format!("Browse {name}"), "topics", &e),
     };
